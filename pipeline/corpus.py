@@ -1,0 +1,194 @@
+"""Reading the unlabelled corpus: files, columns, and the per-row checks.
+
+The corpus is a local path or s3:// URI, a file or a prefix, in parquet,
+jsonl or csv. Columns are checked on every file before any engine starts; a
+row that cannot be labelled (no id, no text, a text that is not a string, an
+id used twice) is not dropped but quarantined with its reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from typing import Any, Optional
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline import storage
+from pipeline.config import DataConfig, StorageConfig
+
+SUFFIXES = {"parquet": (".parquet",), "jsonl": (".jsonl", ".json"), "csv": (".csv",)}
+
+
+class InputError(ValueError):
+    """The corpus cannot be read as configured (no files, missing column, mixed formats)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    fs: pafs.FileSystem
+    files: list[str]
+    format: str
+    id_column: str
+    text_column: str
+
+
+def open_corpus(data: DataConfig, storage_config: StorageConfig) -> Corpus:
+    """Find the input files and check that each has the id and text columns."""
+    fs, path = storage.resolve(data.input, storage_config)
+    suffixes = SUFFIXES.get(data.format, tuple(s for group in SUFFIXES.values() for s in group))
+    files = storage.list_files(fs, path, suffixes)
+    if not files:
+        raise InputError(f"data.input: no {'/'.join(suffixes)} files at {data.input}")
+    fmt = data.format if data.format != "auto" else _detect_format(files, data.input)
+    corpus = Corpus(fs, files, fmt, data.id_column, data.text_column)
+    for file in files:
+        columns = _file_columns(corpus, file)
+        for key, column in (("data.id_column", data.id_column), ("data.text_column", data.text_column)):
+            if columns is not None and column not in columns:
+                raise InputError(
+                    f"{key}: column {column!r} not found in {_display(data.input, file)} (columns: {columns})"
+                )
+    return corpus
+
+
+def _detect_format(files: list[str], uri: str) -> str:
+    formats = {fmt for f in files for fmt, sfx in SUFFIXES.items() if f.endswith(sfx)}
+    if len(formats) != 1:
+        raise InputError(f"data.input: {uri} mixes formats {sorted(formats)}; set data.format")
+    return formats.pop()
+
+
+def _file_columns(corpus: Corpus, file: str) -> Optional[list[str]]:
+    """Column names of one file, read from its header only (None: empty file)."""
+    if corpus.format == "parquet":
+        return pq.read_schema(file, filesystem=corpus.fs).names
+    with corpus.fs.open_input_stream(file) as stream:
+        head = stream.read(1 << 20).decode("utf-8", errors="replace")
+    lines = [line for line in head.splitlines() if line.strip()]
+    if not lines:
+        return None
+    if corpus.format == "csv":
+        return next(csv.reader(io.StringIO(lines[0])))
+    try:
+        first = json.loads(lines[0])
+    except json.JSONDecodeError as err:
+        raise InputError(f"data.input: first line of {file} is not JSON: {err}") from err
+    if not isinstance(first, dict):
+        raise InputError(f"data.input: first line of {file} is not a JSON object")
+    return list(first)
+
+
+def _display(uri: str, file: str) -> str:
+    return f"s3://{file}" if storage.is_s3(uri) else file
+
+
+def check_row(raw_id: Any, raw_text: Any) -> tuple[Optional[str], Optional[str], Optional[str]]:
+    """Normalise one row to ``(id, text, problem)``; ``problem`` is None for a good row.
+
+    Integer ids are accepted and stored as strings; ids of other types, and
+    texts that are missing, not strings, or only whitespace, are problems.
+    """
+    row_id = None
+    if isinstance(raw_id, str) and raw_id != "":
+        row_id = raw_id
+    elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        row_id = str(raw_id)
+    text = raw_text if isinstance(raw_text, str) else _raw(raw_text)
+    if raw_id is None or raw_id == "":
+        return None, text, "missing id"
+    if row_id is None:
+        return _raw(raw_id), text, f"id is not a string or integer ({type(raw_id).__name__})"
+    if raw_text is None:
+        return row_id, None, "missing text"
+    if not isinstance(raw_text, str):
+        return row_id, text, f"text is not a string ({type(raw_text).__name__})"
+    if not raw_text.strip():
+        return row_id, raw_text, "empty text"
+    return row_id, raw_text, None
+
+
+def _raw(value: Any) -> Optional[str]:
+    return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
+
+
+ROWS = pa.schema(
+    [("id", pa.string()), ("text", pa.string()), ("problem", pa.string()), ("source", pa.string())]
+)
+
+
+def checked_batch(ids: list, texts: list, sources: list) -> pa.Table:
+    """Apply :func:`check_row` to a batch, keeping each row's source file."""
+    out: dict[str, list] = {"id": [], "text": [], "problem": [], "source": []}
+    for raw_id, raw_text, source in zip(ids, texts, sources):
+        row_id, text, problem = check_row(raw_id, raw_text)
+        out["id"].append(row_id)
+        out["text"].append(text)
+        out["problem"].append(problem)
+        out["source"].append(source)
+    return pa.Table.from_pydict(out, schema=ROWS)
+
+
+def parse_jsonl_batch(lines: list[str], sources: list[str], id_column: str, text_column: str) -> pa.Table:
+    """Parse jsonl lines one by one, so a malformed line or a mistyped field
+    becomes a quarantined row instead of failing the whole file."""
+    ids, texts, problems = [], [], []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            record, problems_here = None, f"line is not valid JSON ({err.msg})"
+        else:
+            problems_here = None if isinstance(record, dict) else "line is not a JSON object"
+        if problems_here:
+            ids.append(None)
+            texts.append(line)
+            problems.append(problems_here)
+            continue
+        ids.append(record.get(id_column))
+        texts.append(record.get(text_column))
+        problems.append(None)
+    table = checked_batch(ids, texts, sources)
+    # Keep the parse error where there was one; check_row only saw empty values.
+    merged = [p or q for p, q in zip(problems, table.column("problem").to_pylist())]
+    return table.set_column(2, "problem", pa.array(merged, pa.string()))
+
+
+def read_corpus(corpus: Corpus) -> Any:
+    """The corpus as a Ray Dataset of checked rows (id, text, problem, source)."""
+    import pyarrow.csv as pacsv
+    import ray.data
+
+    id_col, text_col = corpus.id_column, corpus.text_column
+
+    def check(batch: pa.Table) -> pa.Table:
+        return checked_batch(
+            batch.column(id_col).to_pylist(), batch.column(text_col).to_pylist(), batch.column("path").to_pylist()
+        )
+
+    if corpus.format == "jsonl":
+        lines = ray.data.read_text(corpus.files, filesystem=corpus.fs, include_paths=True)
+        return lines.map_batches(
+            lambda b: parse_jsonl_batch(
+                b.column("text").to_pylist(), b.column("path").to_pylist(), id_col, text_col
+            ),
+            batch_format="pyarrow",
+        )
+    if corpus.format == "csv":
+        options = pacsv.ConvertOptions(
+            column_types={id_col: pa.string(), text_col: pa.string()},
+            include_columns=[id_col, text_col],
+            strings_can_be_null=False,
+        )
+        ds = ray.data.read_csv(
+            corpus.files, filesystem=corpus.fs, include_paths=True, convert_options=options
+        )
+    else:
+        ds = ray.data.read_parquet(
+            corpus.files, filesystem=corpus.fs, columns=[id_col, text_col], include_paths=True
+        )
+    return ds.map_batches(check, batch_format="pyarrow")

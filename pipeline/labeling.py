@@ -1,0 +1,326 @@
+"""The labelling job: corpus -> Ray Data -> vLLM teacher actors -> labelled parquet.
+
+Output layout under ``data.output`` (local or s3://)::
+
+    manifest.json          labels, prompt hash, teacher and sampling settings
+    data/part-*.parquet    labelled rows (schemas.LABELLED), one shard per batch
+    quarantine/*.parquet   rows that could not be labelled, with the reason
+    report.json            the run's report
+
+Exactly once: every shard is committed atomically under a name derived from
+the ids it holds, and a run first reads the ids already committed and skips
+them. A killed job started again therefore labels only what is missing, and
+a retried batch overwrites its own shard. A final check over the committed
+ids removes any second copy of an id (none is expected) before the report.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import prompts, reports, storage
+from pipeline.config import Config, ConfigError
+from pipeline.corpus import Corpus, open_corpus, read_corpus
+from pipeline.teacher import PromptRenderer, TeacherLabeler
+
+DUPLICATE_ID = "duplicate id"
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputLayout:
+    fs: Any
+    root: str
+
+    @property
+    def data(self) -> str:
+        return storage.join(self.root, "data")
+
+    @property
+    def quarantine(self) -> str:
+        return storage.join(self.root, "quarantine")
+
+    @property
+    def manifest(self) -> str:
+        return storage.join(self.root, "manifest.json")
+
+    @property
+    def report(self) -> str:
+        return storage.join(self.root, "report.json")
+
+
+def run_labeling(config: Config, *, smoke: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Label the corpus of ``config.data.input`` into ``config.data.output``.
+
+    Returns the report (also written to ``report.json`` beside the output).
+    """
+    started = time.time()
+    fs, root = storage.resolve(config.data.output, config.storage)
+    out = OutputLayout(fs, root)
+
+    # Everything that can be wrong with the input or config fails here,
+    # before any engine is started.
+    corpus = open_corpus(config.data, config.storage)
+    _check_prompt_fits(config)
+    manifest = _manifest(config)
+    _claim_output(out, manifest, config.data.output)
+    log(f"[label] {len(corpus.files)} {corpus.format} file(s) from {config.data.input}")
+
+    _init_ray()
+    rows = read_corpus(corpus)
+    index = rows.select_columns(["id", "problem"]).materialize()
+    duplicates = _duplicate_ids(index)
+    done = committed_ids(out)
+    counts = _count_work(index, duplicates, done)
+    log(
+        f"[label] {counts['input']} rows: {counts['valid']} to label, {counts['quarantined']} quarantined, "
+        f"{counts['already_done']} already committed, {counts['todo']} left"
+    )
+
+    _write_quarantine(rows, duplicates, out)
+    run_stats = _label(rows, duplicates, done, config, out, counts["todo"], log)
+
+    removed = remove_duplicate_ids(out)
+    report = reports.labeling_report(
+        out,
+        config,
+        input_rows=counts["input"],
+        quarantine=counts["problems"],
+        already_done=counts["already_done"],
+        run=run_stats,
+        duplicates_removed=removed,
+        wall_seconds=time.time() - started,
+        smoke=smoke,
+    )
+    storage.write_json(fs, out.report, report)
+    return report
+
+
+def _init_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # Inside `ray job submit` this joins the cluster; locally it starts one.
+        ray.init(log_to_driver=True)
+
+
+def _check_prompt_fits(config: Config) -> None:
+    """Load the teacher's tokenizer (not its weights) and check the prompt budget."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.teacher.model)
+    except OSError as err:
+        raise ConfigError(f"teacher.model: cannot load tokenizer of {config.teacher.model!r}: {err}") from err
+    PromptRenderer(tokenizer, config.task, config.teacher.max_model_len, config.teacher.max_tokens)
+
+
+def _manifest(config: Config) -> dict[str, Any]:
+    teacher = config.teacher
+    return {
+        "task": config.task.name,
+        "labels": config.task.label_names,
+        "prompt_hash": prompts.prompt_hash(config.task),
+        "teacher_model": teacher.model,
+        "sampling": {
+            "samples": teacher.samples,
+            "temperature": teacher.temperature,
+            "top_p": teacher.top_p,
+            "max_tokens": teacher.max_tokens,
+            "seed": teacher.seed,
+        },
+        "input": config.data.input,
+    }
+
+
+def _claim_output(out: OutputLayout, manifest: dict[str, Any], uri: str) -> None:
+    """Write the manifest, or check that an existing output was made by the same job."""
+    if storage.exists(out.fs, out.manifest):
+        existing = storage.read_json(out.fs, out.manifest)
+        for key, value in manifest.items():
+            if existing.get(key) != value:
+                raise ConfigError(
+                    f"data.output: {uri} holds rows labelled with a different {key} "
+                    f"({existing.get(key)!r}, now {value!r}); use a new data.output or remove the old one"
+                )
+        return
+    storage.write_json(out.fs, out.manifest, manifest)
+
+
+def committed_ids(out: OutputLayout) -> pa.Array:
+    """Ids of every row already committed under ``data/``."""
+    files = storage.list_files(out.fs, out.data, (".parquet",))
+    arrays = [pq.read_table(f, filesystem=out.fs, columns=["id"]).column("id") for f in files]
+    if not arrays:
+        return pa.array([], pa.string())
+    return pa.chunked_array([c for a in arrays for c in a.chunks], pa.string()).combine_chunks()
+
+
+def _duplicate_ids(index: Any) -> pa.Array:
+    """Ids that occur on more than one valid input row (a Ray Data group-by)."""
+    valid = index.filter(lambda row: row["problem"] is None).select_columns(["id"])
+    counted = valid.groupby("id").count()
+    dups = counted.filter(lambda row: row["count()"] > 1).take_all()
+    return pa.array(sorted(row["id"] for row in dups), pa.string())
+
+
+def _count_work(index: Any, duplicates: pa.Array, done: pa.Array) -> dict[str, Any]:
+    problems: collections.Counter[str] = collections.Counter()
+    total = valid = already = 0
+    for batch in index.iter_batches(batch_format="pyarrow", batch_size=65536):
+        total += batch.num_rows
+        problem = batch.column("problem")
+        for reason, n in collections.Counter(p for p in problem.to_pylist() if p is not None).items():
+            problems[reason] += n
+        ok = pc.is_null(problem)
+        ids = batch.column("id")
+        dup = pc.fill_null(pc.is_in(ids, value_set=duplicates), False)
+        problems[DUPLICATE_ID] += pc.sum(pc.and_(ok, dup)).as_py() or 0
+        ok = pc.and_(ok, pc.invert(dup))
+        valid += pc.sum(ok).as_py() or 0
+        already += pc.sum(pc.and_(ok, pc.fill_null(pc.is_in(ids, value_set=done), False))).as_py() or 0
+    problems = collections.Counter({k: v for k, v in problems.items() if v})
+    return {
+        "input": total,
+        "valid": valid,
+        "quarantined": sum(problems.values()),
+        "problems": dict(problems),
+        "already_done": already,
+        "todo": valid - already,
+    }
+
+
+def _mark_duplicates(batch: pa.Table, duplicates: pa.Array) -> pa.Table:
+    if len(duplicates) == 0:
+        return batch
+    dup = pc.fill_null(pc.is_in(batch.column("id"), value_set=duplicates), False)
+    dup = pc.and_(dup, pc.is_null(batch.column("problem")))
+    problem = pc.if_else(dup, pa.scalar(DUPLICATE_ID), batch.column("problem"))
+    return batch.set_column(batch.schema.get_field_index("problem"), "problem", problem)
+
+
+def _write_quarantine(rows: Any, duplicates: pa.Array, out: OutputLayout) -> None:
+    """Rewrite quarantine/ from this run's input (it is derived, so a rerun replaces it)."""
+    storage.delete_dir(out.fs, out.quarantine)
+
+    def bad_rows(batch: pa.Table) -> pa.Table:
+        batch = _mark_duplicates(batch, duplicates)
+        bad = batch.filter(pc.is_valid(batch.column("problem")))
+        return bad.rename_columns(["id", "text", "reason", "source"])
+
+    bad = rows.map_batches(bad_rows, batch_format="pyarrow")
+    if bad.count():
+        bad.write_parquet(out.quarantine, filesystem=out.fs)
+
+
+def _label(
+    rows: Any,
+    duplicates: pa.Array,
+    done: pa.Array,
+    config: Config,
+    out: OutputLayout,
+    todo: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Stream the rows still to label through the teacher actors; show progress."""
+    import ray
+
+    stats = {"rows": 0, "abstentions": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0}
+    if todo == 0:
+        return stats
+    done_ref = ray.put(done)
+
+    def pending(batch: pa.Table) -> pa.Table:
+        batch = _mark_duplicates(batch, duplicates)
+        keep = pc.is_null(batch.column("problem"))
+        committed = ray.get(done_ref)
+        if len(committed):
+            keep = pc.and_(keep, pc.invert(pc.fill_null(pc.is_in(batch.column("id"), value_set=committed), False)))
+        return batch.filter(keep).select(["id", "text"])
+
+    teacher = config.teacher
+    summaries = rows.map_batches(pending, batch_format="pyarrow").map_batches(
+        TeacherLabeler,
+        fn_constructor_kwargs={"config": config, "data_fs": out.fs, "data_path": out.data},
+        batch_size=teacher.batch_size,
+        batch_format="pyarrow",
+        concurrency=teacher.num_actors,
+        num_gpus=teacher.gpus_per_actor,
+        num_cpus=1,
+    )
+    progress = Progress(todo, log)
+    for batch in summaries.iter_batches(batch_format="pyarrow", batch_size=None):
+        for row in batch.to_pylist():
+            for key in stats:
+                stats[key] += row[key]
+            progress.update(row["rows"], row["prompt_tokens"] + row["completion_tokens"])
+    progress.finish()
+    stats["wall_seconds"] = progress.elapsed()
+    return stats
+
+
+class Progress:
+    """Prints rows done, rates and an ETA at most every ``every`` seconds."""
+
+    def __init__(self, total: int, log: Callable[[str], None], every: float = 5.0):
+        self.total, self.log, self.every = total, log, every
+        self.start = self.last = time.time()
+        self.rows = self.tokens = 0
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def update(self, rows: int, tokens: int) -> None:
+        self.rows += rows
+        self.tokens += tokens
+        if time.time() - self.last >= self.every:
+            self.last = time.time()
+            self.log(self.line())
+
+    def line(self) -> str:
+        elapsed = max(self.elapsed(), 1e-9)
+        rate = self.rows / elapsed
+        eta = (self.total - self.rows) / rate if rate > 0 else float("inf")
+        return (
+            f"[label] {self.rows}/{self.total} rows ({100 * self.rows / max(self.total, 1):.0f}%) | "
+            f"{rate:.1f} rows/s | {self.tokens / elapsed:.0f} tokens/s | ETA {eta:.0f}s"
+        )
+
+    def finish(self) -> None:
+        self.log(self.line())
+
+
+def remove_duplicate_ids(out: OutputLayout) -> int:
+    """Keep one row per id across committed shards; return how many were removed.
+
+    The first shard in name order keeps an id; later shards are rewritten
+    atomically without it. With deterministic shard names this finds nothing,
+    but it makes "one row per id" a checked property rather than a hope.
+    """
+    counts = pc.value_counts(committed_ids(out))
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated) == 0:
+        return 0
+    seen: set[str] = set()
+    removed = 0
+    for file in storage.list_files(out.fs, out.data, (".parquet",)):
+        table = pq.read_table(file, filesystem=out.fs)
+        keep = []
+        for row_id, is_repeated in zip(
+            table.column("id").to_pylist(), pc.is_in(table.column("id"), value_set=repeated).to_pylist()
+        ):
+            keep.append(not is_repeated or row_id not in seen)
+            if is_repeated:
+                seen.add(row_id)
+        if not all(keep):
+            storage.write_parquet_atomic(out.fs, file, table.filter(pa.array(keep)))
+            removed += keep.count(False)
+            print(f"[label] removed {keep.count(False)} repeated id(s) from {file}", file=sys.stderr)
+    return removed

@@ -1,0 +1,139 @@
+"""End-of-job reports: what was done, at what cost, with what result."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import prompts, storage
+from pipeline.config import ABSTAIN, Config
+from pipeline.smoke import SMOKE_WARNING
+
+HISTOGRAM_EDGES = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def consistency_bin(value: float) -> str:
+    """Histogram bin of a consistency value; unanimous rows get their own bin."""
+    if value >= 1.0:
+        return "1.0"
+    for low, high in zip(HISTOGRAM_EDGES, HISTOGRAM_EDGES[1:]):
+        if value < high:
+            return f"[{low:.1f},{high:.1f})"
+    return "1.0"
+
+
+def summarize_labelled(out: Any) -> dict[str, Any]:
+    """Counts over every committed labelled row, read shard by shard."""
+    labels: collections.Counter[str] = collections.Counter()
+    histogram: collections.Counter[str] = collections.Counter()
+    rows = abstained_rows = votes = abstained_votes = truncated = prompt_tokens = completion_tokens = 0
+    columns = ["hard_label", "consistency", "n_valid", "votes", "truncated", "prompt_tokens", "completion_tokens"]
+    for file in storage.list_files(out.fs, out.data, (".parquet",)):
+        table = pq.read_table(file, filesystem=out.fs, columns=columns)
+        rows += table.num_rows
+        for label, n in zip(*pc.value_counts(table.column("hard_label").drop_null()).flatten()):
+            labels[label.as_py()] += n.as_py()
+        abstained_rows += table.column("hard_label").null_count
+        flat_votes = pc.list_flatten(table.column("votes"))
+        votes += len(flat_votes)
+        abstained_votes += pc.sum(pc.equal(flat_votes, ABSTAIN)).as_py() or 0
+        for value in table.column("consistency").to_pylist():
+            histogram[consistency_bin(value)] += 1
+        truncated += pc.sum(table.column("truncated")).as_py() or 0
+        prompt_tokens += pc.sum(table.column("prompt_tokens")).as_py() or 0
+        completion_tokens += pc.sum(table.column("completion_tokens")).as_py() or 0
+    order = [f"[{lo:.1f},{hi:.1f})" for lo, hi in zip(HISTOGRAM_EDGES, HISTOGRAM_EDGES[1:])] + ["1.0"]
+    return {
+        "rows": rows,
+        "abstained_rows": abstained_rows,
+        "votes": votes,
+        "abstained_votes": abstained_votes,
+        "truncated_rows": truncated,
+        "label_distribution": dict(labels),
+        "consistency_histogram": {b: histogram.get(b, 0) for b in order},
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+    }
+
+
+def labeling_report(
+    out: Any,
+    config: Config,
+    *,
+    input_rows: int,
+    quarantine: dict[str, int],
+    already_done: int,
+    run: dict[str, Any],
+    duplicates_removed: int,
+    wall_seconds: float,
+    smoke: bool,
+) -> dict[str, Any]:
+    total = summarize_labelled(out)
+    labelling_seconds = run.get("wall_seconds", 0.0)
+    tokens = run["prompt_tokens"] + run["completion_tokens"]
+    label_distribution = {name: total["label_distribution"].get(name, 0) for name in config.task.label_names}
+    return {
+        "job": "label",
+        "task": config.task.name,
+        "teacher_model": config.teacher.model,
+        "prompt_hash": prompts.prompt_hash(config.task),
+        "samples_per_text": config.teacher.samples,
+        "input": config.data.input,
+        "output": config.data.output,
+        "smoke": smoke,
+        **({"warning": SMOKE_WARNING} if smoke else {}),
+        "rows": {
+            "input": input_rows,
+            "quarantined": sum(quarantine.values()),
+            "quarantine_reasons": quarantine,
+            "skipped_already_committed": already_done,
+            "labelled_this_run": run["rows"],
+            "labelled_total": total["rows"],
+            "abstained": total["abstained_rows"],
+            "truncated": total["truncated_rows"],
+            "duplicates_removed": duplicates_removed,
+        },
+        "votes": {"total": total["votes"], "abstained": total["abstained_votes"]},
+        "label_distribution": label_distribution,
+        "consistency_histogram": total["consistency_histogram"],
+        "tokens": {
+            "prompt_this_run": run["prompt_tokens"],
+            "completion_this_run": run["completion_tokens"],
+            "prompt_total": total["prompt_tokens"],
+            "completion_total": total["completion_tokens"],
+        },
+        "time": {
+            "wall_seconds": round(wall_seconds, 2),
+            "labelling_seconds": round(labelling_seconds, 2),
+            "rows_per_second": round(run["rows"] / labelling_seconds, 3) if labelling_seconds else 0.0,
+            "tokens_per_second": round(tokens / labelling_seconds, 1) if labelling_seconds else 0.0,
+            "completion_tokens_per_second": (
+                round(run["completion_tokens"] / labelling_seconds, 1) if labelling_seconds else 0.0
+            ),
+        },
+    }
+
+
+def format_labeling_report(report: dict[str, Any]) -> str:
+    rows, time_, tokens = report["rows"], report["time"], report["tokens"]
+    lines = []
+    if report.get("smoke"):
+        lines.append(f"!! {report['warning']}")
+    lines += [
+        f"labelling report: {report['task']} with {report['teacher_model']} (k={report['samples_per_text']})",
+        f"  rows        input {rows['input']}, labelled {rows['labelled_this_run']} this run "
+        f"({rows['labelled_total']} in output), skipped {rows['skipped_already_committed']} already committed",
+        f"  quarantined {rows['quarantined']} {rows['quarantine_reasons'] or ''}".rstrip(),
+        f"  abstained   {rows['abstained']} rows (no valid vote); "
+        f"{report['votes']['abstained']}/{report['votes']['total']} votes",
+        f"  truncated   {rows['truncated']} texts cut to fit the context",
+        f"  tokens      prompt {tokens['prompt_this_run']}, completion {tokens['completion_this_run']} (this run)",
+        f"  time        {time_['wall_seconds']}s wall, {time_['labelling_seconds']}s labelling, "
+        f"{time_['rows_per_second']} rows/s, {time_['tokens_per_second']} tokens/s",
+        "  labels      " + ", ".join(f"{k}: {v}" for k, v in report["label_distribution"].items()),
+        "  consistency " + ", ".join(f"{k}: {v}" for k, v in report["consistency_histogram"].items()),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""The column contracts between stages, written down once.
+
+Every stage reads and writes parquet with these schemas; :func:`check_columns`
+validates a table at a stage boundary and names what is missing or mistyped.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Output of the labelling job: one row per input id.
+LABELLED = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("votes", pa.list_(pa.string()), nullable=False),  # k labels or "<abstain>"
+        pa.field("hard_label", pa.string()),  # null when every vote abstained
+        pa.field("soft_label", pa.list_(pa.float64())),  # vote fractions in label order
+        pa.field("consistency", pa.float64(), nullable=False),  # share of the majority
+        pa.field("n_valid", pa.int32(), nullable=False),  # votes that named a label
+        pa.field("rationale", pa.string()),  # one majority sample, reasoning included
+        pa.field("prompt_tokens", pa.int64(), nullable=False),
+        pa.field("completion_tokens", pa.int64(), nullable=False),  # over all k samples
+        pa.field("truncated", pa.bool_(), nullable=False),  # text cut to fit the context
+        pa.field("teacher_model", pa.string(), nullable=False),
+        pa.field("prompt_hash", pa.string(), nullable=False),
+    ]
+)
+
+# Rows the labelling job refused, with the reason; nothing is dropped silently.
+QUARANTINE = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("text", pa.string()),  # the raw value, JSON-encoded when not a string
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # the input file
+    ]
+)
+
+# What each labelling actor returns per committed shard (small, for progress).
+SHARD_SUMMARY = pa.schema(
+    [
+        pa.field("shard", pa.string()),
+        pa.field("rows", pa.int64()),
+        pa.field("abstentions", pa.int64()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("seconds", pa.float64()),
+    ]
+)
+
+
+class SchemaError(ValueError):
+    """A dataset does not have the columns a stage needs."""
+
+
+def check_columns(schema: pa.Schema, expected: pa.Schema, where: str) -> None:
+    """Raise :class:`SchemaError` naming the first missing or mistyped column."""
+    for field in expected:
+        index = schema.get_field_index(field.name)
+        if index < 0:
+            raise SchemaError(f"{where}: column {field.name!r} is missing (columns: {schema.names})")
+        actual = schema.field(index).type
+        if actual != field.type:
+            raise SchemaError(f"{where}: column {field.name!r} has type {actual}, expected {field.type}")

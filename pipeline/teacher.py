@@ -1,0 +1,186 @@
+"""The teacher: one vLLM engine per Ray actor, labelling batches of texts.
+
+``TeacherLabeler`` is the callable class that Ray Data's ``map_batches`` runs
+in an actor pool. ``__init__`` loads the engine once; ``__call__`` turns a
+batch of (id, text) rows into labelled rows through the pure functions of
+:mod:`pipeline.prompts`, :mod:`pipeline.answers` and :mod:`pipeline.votes`,
+commits them as one parquet shard and returns a one-row summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Optional
+
+import pyarrow as pa
+
+from pipeline import prompts, schemas, storage
+from pipeline.answers import parse_answer
+from pipeline.config import ABSTAIN, Config, ConfigError, TaskConfig
+from pipeline.votes import aggregate_votes
+
+# Tokens kept free between prompt + completion and max_model_len, for the
+# few tokens a chat template may add when the text is re-rendered.
+_MARGIN = 8
+
+
+class PromptRenderer:
+    """Renders the teacher's chat prompt as token ids, truncating long texts.
+
+    The prompt without the text (instruction, labels, demos) has a fixed token
+    cost; whatever room ``max_model_len - max_tokens`` leaves after it is the
+    text's budget. A longer text is cut to the budget (never the engine's
+    problem) and flagged as truncated.
+    """
+
+    def __init__(self, tokenizer: Any, task: TaskConfig, max_model_len: int, max_tokens: int):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("teacher.model: its tokenizer has no chat template; use an instruct/chat model")
+        self.tokenizer = tokenizer
+        self.task = task
+        self.max_prompt_tokens = max_model_len - max_tokens
+        self.fold_system = False
+        try:
+            header = self._encode_prompt("")
+        except Exception:  # templates such as Gemma's reject a system turn
+            self.fold_system = True
+            header = self._encode_prompt("")
+        self.header_tokens = len(header)
+        self.text_budget = self.max_prompt_tokens - self.header_tokens - _MARGIN
+        if self.text_budget < 16:
+            raise ConfigError(
+                f"teacher.max_model_len: the prompt without the text takes {self.header_tokens} tokens; "
+                f"with teacher.max_tokens={max_tokens} only {self.text_budget} tokens are left for the "
+                f"text in teacher.max_model_len={max_model_len}. Raise max_model_len or use fewer demos."
+            )
+
+    def render(self, text: str) -> tuple[list[int], bool]:
+        """Prompt token ids for ``text``, and whether the text was truncated."""
+        text_ids = self.tokenizer.encode(text, add_special_tokens=False)
+        truncated = len(text_ids) > self.text_budget
+        if truncated:
+            text = self.tokenizer.decode(text_ids[: self.text_budget])
+        ids = self._encode_prompt(text)
+        # Re-tokenising the rendered prompt can merge tokens differently at the
+        # text's edges; cut further if that pushed it over the limit.
+        while len(ids) > self.max_prompt_tokens:
+            truncated = True
+            text_ids = self.tokenizer.encode(text, add_special_tokens=False)
+            text = self.tokenizer.decode(text_ids[: len(text_ids) - (len(ids) - self.max_prompt_tokens) - 1])
+            ids = self._encode_prompt(text)
+        return ids, truncated
+
+    def _encode_prompt(self, text: str) -> list[int]:
+        messages = prompts.build_messages(self.task, text)
+        if self.fold_system:
+            messages = prompts.fold_system_into_user(messages)
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.encode(rendered, add_special_tokens=False)
+
+
+def shard_name(ids: list[str]) -> str:
+    """Deterministic shard name from the ids it holds: a retried batch overwrites
+    its own earlier shard instead of adding a second copy of its rows."""
+    digest = hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()[:24]
+    return f"part-{digest}.parquet"
+
+
+def label_rows(
+    completions: list[list[str]], label_names: list[str]
+) -> list[dict[str, Any]]:
+    """Votes, labels and rationale for each text from its k completions."""
+    rows = []
+    for samples in completions:
+        votes = [parse_answer(text, label_names) or ABSTAIN for text in samples]
+        result = aggregate_votes(votes, label_names)
+        rationale: Optional[str] = None
+        if result.hard_label is not None:
+            rationale = samples[votes.index(result.hard_label)].strip()
+        rows.append(
+            {
+                "votes": votes,
+                "hard_label": result.hard_label,
+                "soft_label": result.soft_label,
+                "consistency": result.consistency,
+                "n_valid": result.n_valid,
+                "rationale": rationale,
+            }
+        )
+    return rows
+
+
+class TeacherLabeler:
+    """Ray Data actor: owns one vLLM engine and commits labelled shards."""
+
+    def __init__(self, config: Config, data_fs: Any, data_path: str):
+        from vllm import LLM
+
+        teacher = config.teacher
+        self.config = config
+        self.label_names = config.task.label_names
+        self.prompt_hash = prompts.prompt_hash(config.task)
+        self.data_fs, self.data_path = data_fs, data_path
+        self.llm = LLM(
+            model=teacher.model,
+            tensor_parallel_size=teacher.tensor_parallel_size,
+            gpu_memory_utilization=teacher.gpu_memory_utilization,
+            max_model_len=teacher.max_model_len,
+            enable_prefix_caching=teacher.enable_prefix_caching,
+            seed=teacher.seed,
+            dtype=teacher.dtype,
+        )
+        self.renderer = PromptRenderer(
+            self.llm.get_tokenizer(), config.task, teacher.max_model_len, teacher.max_tokens
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        started = time.perf_counter()
+        teacher = self.config.teacher
+        if batch.num_rows == 0:
+            return schemas.SHARD_SUMMARY.empty_table()
+        ids = batch.column("id").to_pylist()
+        texts = batch.column("text").to_pylist()
+        rendered = [self.renderer.render(text) for text in texts]
+        requests = [TokensPrompt(prompt_token_ids=token_ids) for token_ids, _ in rendered]
+        # One request per text with n=k: the prompt is prefilled once for all k
+        # samples. The engine-wide seed (teacher.seed) makes runs repeatable;
+        # per-request seeds are not supported by vLLM's CPU sampler.
+        params = SamplingParams(
+            n=teacher.samples,
+            temperature=teacher.temperature,
+            top_p=teacher.top_p,
+            max_tokens=teacher.max_tokens,
+        )
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        completions = [[sample.text for sample in out.outputs] for out in outputs]
+        labelled = label_rows(completions, self.label_names)
+        prompt_tokens = [len(out.prompt_token_ids) for out in outputs]
+        completion_tokens = [sum(len(s.token_ids) for s in out.outputs) for out in outputs]
+        columns = {
+            "id": ids,
+            "text": texts,
+            **{key: [row[key] for row in labelled] for key in labelled[0]},
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "truncated": [flag for _, flag in rendered],
+            "teacher_model": [teacher.model] * len(ids),
+            "prompt_hash": [self.prompt_hash] * len(ids),
+        }
+        table = pa.Table.from_pydict(columns, schema=schemas.LABELLED)
+        name = shard_name(ids)
+        storage.write_parquet_atomic(self.data_fs, storage.join(self.data_path, name), table)
+        return pa.Table.from_pydict(
+            {
+                "shard": [name],
+                "rows": [len(ids)],
+                "abstentions": [sum(1 for row in labelled if row["hard_label"] is None)],
+                "prompt_tokens": [sum(prompt_tokens)],
+                "completion_tokens": [sum(completion_tokens)],
+                "seconds": [time.perf_counter() - started],
+            },
+            schema=schemas.SHARD_SUMMARY,
+        )
