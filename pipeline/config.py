@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import yaml
 
+from pipeline.answers import normalize
+
 ABSTAIN = "<abstain>"  # the vote recorded for an answer that names no label
 
 
@@ -174,6 +176,11 @@ def _check(config: Config) -> None:
             raise ConfigError(f"task.labels[{i}].name: {ABSTAIN!r} is reserved for abstentions")
         if names.index(name) != i:
             raise ConfigError(f"task.labels[{i}].name: duplicate label {name!r}")
+        twin = next((other for other in names[:i] if normalize(other) == normalize(name)), None)
+        if twin is not None:
+            raise ConfigError(
+                f"task.labels[{i}].name: {name!r} cannot be told apart from {twin!r} in an answer"
+            )
     for i, demo in enumerate(task.demos):
         if demo.label not in names:
             raise ConfigError(f"task.demos[{i}].label: {demo.label!r} is not one of {names}")

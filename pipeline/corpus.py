@@ -188,7 +188,7 @@ def read_corpus(corpus: Corpus) -> Any:
             corpus.files, filesystem=corpus.fs, include_paths=True, convert_options=options
         )
     else:
-        ds = ray.data.read_parquet(
-            corpus.files, filesystem=corpus.fs, columns=[id_col, text_col], include_paths=True
+        ds = ray.data.read_parquet(corpus.files, filesystem=corpus.fs, include_paths=True).select_columns(
+            [id_col, text_col, "path"]
         )
     return ds.map_batches(check, batch_format="pyarrow")

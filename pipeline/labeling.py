@@ -20,7 +20,7 @@ import collections
 import dataclasses
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from pipeline import prompts, reports, storage
 from pipeline.config import Config, ConfigError
-from pipeline.corpus import Corpus, open_corpus, read_corpus
+from pipeline.corpus import open_corpus, read_corpus
 from pipeline.teacher import PromptRenderer, TeacherLabeler
 
 DUPLICATE_ID = "duplicate id"
@@ -84,7 +84,7 @@ def run_labeling(config: Config, *, smoke: bool = False, log: Callable[[str], No
         f"{counts['already_done']} already committed, {counts['todo']} left"
     )
 
-    _write_quarantine(rows, duplicates, out)
+    _write_quarantine(rows, duplicates, out, expected=counts["quarantined"])
     run_stats = _label(rows, duplicates, done, config, out, counts["todo"], log)
 
     removed = remove_duplicate_ids(out)
@@ -206,18 +206,18 @@ def _mark_duplicates(batch: pa.Table, duplicates: pa.Array) -> pa.Table:
     return batch.set_column(batch.schema.get_field_index("problem"), "problem", problem)
 
 
-def _write_quarantine(rows: Any, duplicates: pa.Array, out: OutputLayout) -> None:
+def _write_quarantine(rows: Any, duplicates: pa.Array, out: OutputLayout, expected: int) -> None:
     """Rewrite quarantine/ from this run's input (it is derived, so a rerun replaces it)."""
     storage.delete_dir(out.fs, out.quarantine)
+    if expected == 0:
+        return  # spare a pass over the corpus
 
     def bad_rows(batch: pa.Table) -> pa.Table:
         batch = _mark_duplicates(batch, duplicates)
         bad = batch.filter(pc.is_valid(batch.column("problem")))
         return bad.rename_columns(["id", "text", "reason", "source"])
 
-    bad = rows.map_batches(bad_rows, batch_format="pyarrow")
-    if bad.count():
-        bad.write_parquet(out.quarantine, filesystem=out.fs)
+    rows.map_batches(bad_rows, batch_format="pyarrow").write_parquet(out.quarantine, filesystem=out.fs)
 
 
 def _label(

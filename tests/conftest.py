@@ -1,0 +1,109 @@
+"""Shared fixtures: a tiny random teacher, configs, a local Ray cluster, S3 on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Fake credentials for moto's S3 server; set before Ray starts so its workers inherit them.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pipeline.config import Config, config_from_dict  # noqa: E402
+from pipeline.smoke import build_tiny_teacher  # noqa: E402
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def task_dict() -> dict[str, Any]:
+    return {
+        "name": "sentiment",
+        "instruction": "Classify the sentiment of the sentence.",
+        "labels": [
+            {"name": "negative", "description": "bad news"},
+            {"name": "neutral", "description": "neither good nor bad"},
+            {"name": "positive", "description": "good news"},
+        ],
+        "demos": [
+            {"text": "Profit rose sharply.", "rationale": "Rising profit is good news.", "label": "positive"},
+            {"text": "The firm cut 100 jobs.", "rationale": "Job cuts are bad news.", "label": "negative"},
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    return build_tiny_teacher(tmp_path_factory.mktemp("teacher"), LABELS)
+
+
+@pytest.fixture
+def make_config(tiny_teacher):
+    """Build a validated Config for the tiny teacher on CPU; keyword args override sections."""
+
+    def make(input: str, output: str, *, teacher: dict | None = None, data: dict | None = None,
+             storage: dict | None = None) -> Config:
+        raw = {
+            "task": task_dict(),
+            "teacher": {
+                "model": str(tiny_teacher),
+                "samples": 4,
+                "temperature": 1.0,
+                "max_tokens": 24,
+                "batch_size": 16,
+                "num_actors": 1,
+                "gpus_per_actor": 0,
+                "gpu_memory_utilization": 0.2,
+                "max_model_len": 1024,
+                "dtype": "float32",
+                **(teacher or {}),
+            },
+            "data": {"input": input, "output": output, **(data or {})},
+            "storage": storage or {},
+        }
+        return config_from_dict(raw)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the session's in-process jobs."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 HTTP endpoint: moto's server on loopback. Yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request):
+    import boto3
+
+    name = "raydistill-" + request.node.name.lower().replace("_", "-")[:40]
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=name)
+    return name

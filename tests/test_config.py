@@ -1,0 +1,87 @@
+import copy
+
+import pytest
+
+from pipeline.config import ConfigError, config_from_dict, load_config
+from tests.conftest import task_dict
+
+BASE = {
+    "task": task_dict(),
+    "teacher": {"model": "some/model"},
+    "data": {"input": "in.jsonl", "output": "out"},
+}
+
+
+def with_(path: str, value):
+    raw = copy.deepcopy(BASE)
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return raw
+
+
+def test_example_config_loads():
+    config = load_config("examples/financial_sentiment.yaml")
+    assert config.task.label_names == ["negative", "neutral", "positive"]
+    assert config.teacher.samples == 8
+    assert config.data.input.endswith("financial_phrasebank/test.jsonl")
+
+
+def test_defaults_fill_optional_fields():
+    config = config_from_dict(BASE)
+    assert config.teacher.samples == 8 and config.teacher.enable_prefix_caching is True
+    assert config.data.id_column == "id" and config.storage.endpoint_url is None
+
+
+def test_int_is_accepted_for_float():
+    assert config_from_dict(with_("teacher.temperature", 1)).teacher.temperature == 1.0
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("teacher.temprature", 0.5, "teacher.temprature: unknown key"),
+        ("teacher.samples", "eight", "teacher.samples: expected int, got str"),
+        ("teacher.samples", True, "teacher.samples: expected int, got bool"),
+        ("teacher.samples", 0, "teacher.samples: must be >= 1"),
+        ("teacher.top_p", 1.5, "teacher.top_p: must be in (0, 1]"),
+        ("teacher.gpu_memory_utilization", 0.0, "teacher.gpu_memory_utilization"),
+        ("teacher.temperature", 0.0, "teacher.temperature: 0 makes all samples identical"),
+        ("task.labels", [{"name": "only", "description": "x"}], "task.labels: at least two labels"),
+        ("task.labels.1.name", "negative", "task.labels[1].name: duplicate label 'negative'"),
+        ("task.labels.0.name", "<abstain>", "task.labels[0].name: '<abstain>' is reserved"),
+        ("task.demos.0.label", "happy", "task.demos[0].label: 'happy' is not one of"),
+        ("task.demos.0", {"text": "t", "label": "positive"}, "task.demos[0].rationale: required key is missing"),
+        ("data.format", "xml", "data.format: must be auto, parquet, jsonl or csv"),
+        ("storage.aws_secret_access_key", "x", "storage.aws_secret_access_key: unknown key"),
+    ],
+)
+def test_bad_values_name_the_key(path, value, message):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(with_(path, value))
+    assert message in str(err.value)
+
+
+def test_missing_section_is_named():
+    raw = copy.deepcopy(BASE)
+    del raw["teacher"]
+    with pytest.raises(ConfigError, match="^teacher: required key is missing"):
+        config_from_dict(raw)
+
+
+def test_labels_that_normalise_alike_are_rejected():
+    labels = [{"name": "card_arrival", "description": "a"}, {"name": "Card arrival", "description": "b"}]
+    raw = with_("task.labels", labels)
+    raw["task"]["demos"] = []
+    with pytest.raises(ConfigError, match="task.labels\\[1\\].name: 'Card arrival' cannot be told apart"):
+        config_from_dict(raw)
+
+
+def test_load_config_reports_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")

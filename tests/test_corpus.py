@@ -1,0 +1,88 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import DataConfig, StorageConfig
+from pipeline.corpus import InputError, check_row, open_corpus, parse_jsonl_batch
+
+
+@pytest.mark.parametrize(
+    "raw_id, raw_text, expected",
+    [
+        ("a1", "fine text", ("a1", "fine text", None)),
+        (7, "int ids are kept as strings", ("7", "int ids are kept as strings", None)),
+        (None, "x", (None, "x", "missing id")),
+        ("", "x", (None, "x", "missing id")),
+        (1.5, "x", ("1.5", "x", "id is not a string or integer (float)")),
+        ("a2", None, ("a2", None, "missing text")),
+        ("a3", "   \n", ("a3", "   \n", "empty text")),
+        ("a4", 42, ("a4", "42", "text is not a string (int)")),
+        ("a5", ["a", "b"], ("a5", '["a", "b"]', "text is not a string (list)")),
+    ],
+)
+def test_check_row(raw_id, raw_text, expected):
+    assert check_row(raw_id, raw_text) == expected
+
+
+def test_parse_jsonl_batch_keeps_bad_lines_with_reason():
+    lines = [
+        json.dumps({"id": "a", "text": "good"}),
+        "{not json",
+        json.dumps(["a", "list"]),
+        json.dumps({"id": "b"}),
+    ]
+    table = parse_jsonl_batch(lines, ["f.jsonl"] * 4, "id", "text")
+    assert table.column("id").to_pylist() == ["a", None, None, "b"]
+    problems = table.column("problem").to_pylist()
+    assert problems[0] is None
+    assert problems[1].startswith("line is not valid JSON")
+    assert problems[2] == "line is not a JSON object"
+    assert problems[3] == "missing text"
+    assert table.column("text").to_pylist()[1] == "{not json"
+    assert table.column("source").to_pylist() == ["f.jsonl"] * 4
+
+
+def data(input, **kw):
+    return DataConfig(input=str(input), output="unused", **kw)
+
+
+def test_missing_column_names_column_and_file(tmp_path):
+    good = tmp_path / "corpus" / "a.jsonl"
+    bad = tmp_path / "corpus" / "b.jsonl"
+    good.parent.mkdir()
+    good.write_text(json.dumps({"id": "1", "text": "t"}) + "\n")
+    bad.write_text(json.dumps({"id": "2", "body": "t"}) + "\n")
+    with pytest.raises(InputError) as err:
+        open_corpus(data(good.parent), StorageConfig())
+    assert "data.text_column: column 'text' not found in" in str(err.value)
+    assert str(bad) in str(err.value) and "['id', 'body']" in str(err.value)
+
+
+def test_missing_id_column_in_csv_and_parquet(tmp_path):
+    csv_file = tmp_path / "c.csv"
+    csv_file.write_text("key,text\n1,hello\n")
+    with pytest.raises(InputError, match=r"data.id_column: column 'id' not found in .*c\.csv"):
+        open_corpus(data(csv_file), StorageConfig())
+    pq_file = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"id": ["1"], "content": ["x"]}), pq_file)
+    with pytest.raises(InputError, match=r"data.text_column: column 'text' not found in .*p\.parquet"):
+        open_corpus(data(pq_file), StorageConfig())
+
+
+def test_custom_column_names_and_formats(tmp_path):
+    pq_file = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"doc": ["1"], "body": ["x"]}), pq_file)
+    corpus = open_corpus(data(pq_file, id_column="doc", text_column="body"), StorageConfig())
+    assert corpus.format == "parquet" and corpus.files == [str(pq_file)]
+
+
+def test_no_files_and_mixed_formats(tmp_path):
+    with pytest.raises(InputError, match="data.input: no .* files at"):
+        open_corpus(data(tmp_path), StorageConfig())
+    (tmp_path / "a.csv").write_text("id,text\n1,x\n")
+    (tmp_path / "b.jsonl").write_text('{"id": "2", "text": "y"}\n')
+    with pytest.raises(InputError, match=r"mixes formats \['csv', 'jsonl'\]; set data.format"):
+        open_corpus(data(tmp_path), StorageConfig())
+    assert open_corpus(data(tmp_path, format="csv"), StorageConfig()).files == [str(tmp_path / "a.csv")]
