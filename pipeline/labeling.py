@@ -253,14 +253,14 @@ def _label(
         batch_format="pyarrow",
         concurrency=teacher.num_actors,
         num_gpus=teacher.gpus_per_actor,
-        num_cpus=1,
+        num_cpus=teacher.cpus_per_actor,
     )
     progress = Progress(todo, log)
     for batch in summaries.iter_batches(batch_format="pyarrow", batch_size=None):
         for row in batch.to_pylist():
             for key in stats:
                 stats[key] += row[key]
-            progress.update(row["rows"], row["prompt_tokens"] + row["completion_tokens"])
+            progress.update(row["rows"], row["completion_tokens"])
     progress.finish()
     stats["wall_seconds"] = progress.elapsed()
     return stats
@@ -290,7 +290,7 @@ class Progress:
         eta = (self.total - self.rows) / rate if rate > 0 else float("inf")
         return (
             f"[label] {self.rows}/{self.total} rows ({100 * self.rows / max(self.total, 1):.0f}%) | "
-            f"{rate:.1f} rows/s | {self.tokens / elapsed:.0f} tokens/s | ETA {eta:.0f}s"
+            f"{rate:.1f} rows/s | {self.tokens / elapsed:.0f} completion tokens/s | ETA {eta:.0f}s"
         )
 
     def finish(self) -> None:

@@ -73,6 +73,9 @@ def labeling_report(
 ) -> dict[str, Any]:
     total = summarize_labelled(out)
     labelling_seconds = run.get("wall_seconds", 0.0)
+    # Engine time per actor, start-up excluded: the summed time actors spent in
+    # their batches, spread over the actors that ran in parallel.
+    busy_seconds = run["seconds"] / config.teacher.num_actors
     tokens = run["prompt_tokens"] + run["completion_tokens"]
     label_distribution = {name: total["label_distribution"].get(name, 0) for name in config.task.label_names}
     return {
@@ -108,13 +111,18 @@ def labeling_report(
         "time": {
             "wall_seconds": round(wall_seconds, 2),
             "labelling_seconds": round(labelling_seconds, 2),
-            "rows_per_second": round(run["rows"] / labelling_seconds, 3) if labelling_seconds else 0.0,
-            "tokens_per_second": round(tokens / labelling_seconds, 1) if labelling_seconds else 0.0,
-            "completion_tokens_per_second": (
-                round(run["completion_tokens"] / labelling_seconds, 1) if labelling_seconds else 0.0
-            ),
+            "rows_per_second": _rate(run["rows"], labelling_seconds, 3),
+            "tokens_per_second": _rate(tokens, labelling_seconds),
+            "completion_tokens_per_second": _rate(run["completion_tokens"], labelling_seconds),
+            "busy_seconds": round(busy_seconds, 2),
+            "rows_per_second_excluding_start_up": _rate(run["rows"], busy_seconds, 3),
+            "completion_tokens_per_second_excluding_start_up": _rate(run["completion_tokens"], busy_seconds),
         },
     }
+
+
+def _rate(amount: float, seconds: float, digits: int = 1) -> float:
+    return round(amount / seconds, digits) if seconds > 0 else 0.0
 
 
 def format_labeling_report(report: dict[str, Any]) -> str:
@@ -131,8 +139,10 @@ def format_labeling_report(report: dict[str, Any]) -> str:
         f"{report['votes']['abstained']}/{report['votes']['total']} votes",
         f"  truncated   {rows['truncated']} texts cut to fit the context",
         f"  tokens      prompt {tokens['prompt_this_run']}, completion {tokens['completion_this_run']} (this run)",
-        f"  time        {time_['wall_seconds']}s wall, {time_['labelling_seconds']}s labelling, "
-        f"{time_['rows_per_second']} rows/s, {time_['tokens_per_second']} tokens/s",
+        f"  time        {time_['wall_seconds']}s wall, {time_['labelling_seconds']}s labelling: "
+        f"{time_['rows_per_second']} rows/s, {time_['completion_tokens_per_second']} completion tokens/s; "
+        f"excluding engine start-up {time_['rows_per_second_excluding_start_up']} rows/s, "
+        f"{time_['completion_tokens_per_second_excluding_start_up']} completion tokens/s",
         "  labels      " + ", ".join(f"{k}: {v}" for k, v in report["label_distribution"].items()),
         "  consistency " + ", ".join(f"{k}: {v}" for k, v in report["consistency_histogram"].items()),
     ]
