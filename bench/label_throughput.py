@@ -4,6 +4,8 @@ One run, one model, the same prompts and sampling settings in every arm:
 
   plain n=k     ``LLM.generate`` on the driver, one request per text with n=k
   plain k x n=1 the same engine, k copies of each prompt with n=1 (prefix caching as configured)
+  ... no cache  both plain arms again on an engine with prefix caching off, where k
+                separate requests must prefill the prompt k times
   job           ``pipeline.labeling.run_labeling`` on the same N rows, into a fresh temp output
 
 The job's labelling time includes starting the engine inside its actor, so the
@@ -125,15 +127,20 @@ def rates(rows: int, seconds: float, completion_tokens: int) -> dict[str, float]
     }
 
 
-def figures(plain: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+def figures(plain: dict[str, Any], uncached: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     """The table's rows and ratios from the plain arms and the job's report."""
     n_k, separate = plain["n_k"], plain["k_separate"]
+    n_k_nc, separate_nc = uncached["n_k"], uncached["k_separate"]
     start_up = plain["load_seconds"] + plain["warmup_seconds"]
     done, time_ = report["rows"]["labelled_this_run"], report["time"]
     job_tokens = report["tokens"]["completion_this_run"]
     arms = {
         "plain n=k": rates(n_k["rows"], n_k["seconds"], n_k["completion_tokens"]),
         "plain k x n=1": rates(separate["rows"], separate["seconds"], separate["completion_tokens"]),
+        "plain n=k, no prefix cache": rates(n_k_nc["rows"], n_k_nc["seconds"], n_k_nc["completion_tokens"]),
+        "plain k x n=1, no prefix cache": rates(
+            separate_nc["rows"], separate_nc["seconds"], separate_nc["completion_tokens"]
+        ),
         "plain n=k incl. start-up": rates(n_k["rows"], n_k["seconds"] + start_up, n_k["completion_tokens"]),
         "job, actor busy time": rates(done, time_["busy_seconds"], job_tokens),
         "job labelling (incl. actor start-up)": rates(done, time_["labelling_seconds"], job_tokens),
@@ -153,6 +160,7 @@ def figures(plain: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
             "job_over_plain_rows_per_second": round(job / plain_rate, 3),
             "job_over_plain_incl_start_up": round(job_with_start_up / plain_with_start_up, 3),
             "k_separate_over_n_k_time": round(separate["seconds"] / n_k["seconds"], 3),
+            "k_separate_over_n_k_time_no_prefix_cache": round(separate_nc["seconds"] / n_k_nc["seconds"], 3),
         },
     }
 
@@ -174,6 +182,7 @@ def print_table(results: dict[str, Any], config: Config, smoke: bool) -> None:
     print(f"\njob / plain throughput (rows/s):           {ratios['job_over_plain_rows_per_second']:.3f}")
     print(f"job / plain, both incl. engine start-up:   {ratios['job_over_plain_incl_start_up']:.3f}")
     print(f"(k separate) / (n=k) time:                 {ratios['k_separate_over_n_k_time']:.3f}")
+    print(f"  the same, prefix caching off:            {ratios['k_separate_over_n_k_time_no_prefix_cache']:.3f}")
 
 
 def main() -> None:
@@ -185,6 +194,7 @@ def main() -> None:
     parser.add_argument("--smoke", action=argparse.BooleanOptionalAction, default=None,
                         help="tiny random teacher built on the spot (default: on when no GPU)")
     parser.add_argument("--repeats", type=int, default=2, help="plain arms: keep the fastest of R runs")
+    parser.add_argument("--max-tokens", type=int, help="override teacher.max_tokens (small: a prefill-bound load)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if args.rows < 1 or args.repeats < 1:
@@ -196,13 +206,22 @@ def main() -> None:
         config = load_config(args.config)
         if smoke:
             config = smoke_config(config, root=workdir / "smoke")
+        if args.max_tokens:
+            config = dataclasses.replace(
+                config, teacher=dataclasses.replace(config.teacher, max_tokens=args.max_tokens)
+            )
         rows = first_rows(config, args.rows)
         config = with_rows(config, rows, workdir)
         print(f"[bench] {len(rows)} rows from {args.config}", flush=True)
 
-        plain = bench_plain(config, [text for _, text in rows], args.repeats)
+        texts = [text for _, text in rows]
+        plain = bench_plain(config, texts, args.repeats)
+        no_cache = dataclasses.replace(
+            config, teacher=dataclasses.replace(config.teacher, enable_prefix_caching=False)
+        )
+        uncached = bench_plain(no_cache, texts, args.repeats)
         report = run_labeling(config, smoke=smoke)
-        results = {"repeats": args.repeats, **figures(plain, report)}
+        results = {"repeats": args.repeats, **figures(plain, uncached, report)}
 
     print_table(results, config, smoke)
     if args.json:

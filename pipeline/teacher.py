@@ -20,34 +20,34 @@ from pipeline.answers import parse_answer
 from pipeline.config import ABSTAIN, Config, ConfigError, TaskConfig
 from pipeline.votes import aggregate_votes
 
-# Tokens kept free between prompt + completion and max_model_len, for the
-# few tokens a chat template may add when the text is re-rendered.
-_MARGIN = 8
-
-
 class PromptRenderer:
     """Renders the teacher's chat prompt as token ids, truncating long texts.
 
-    The prompt without the text (instruction, labels, demos) has a fixed token
-    cost; whatever room ``max_model_len - max_tokens`` leaves after it is the
-    text's budget. A longer text is cut to the budget (never the engine's
-    problem) and flagged as truncated.
+    The chat template is rendered once around a sentinel standing for the
+    text; the parts before and after it are tokenised once, and each text is
+    tokenised on its own and spliced in between. That keeps the per-text cost
+    to one tokenisation of the text and makes truncation exact: the text gets
+    whatever room ``max_model_len - max_tokens`` leaves after the fixed parts,
+    and a longer text is cut to it (never the engine's problem) and flagged.
     """
+
+    _SENTINEL = "\u2063RAYDISTILL_TEXT\u2063"
 
     def __init__(self, tokenizer: Any, task: TaskConfig, max_model_len: int, max_tokens: int):
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError("teacher.model: its tokenizer has no chat template; use an instruct/chat model")
         self.tokenizer = tokenizer
-        self.task = task
-        self.max_prompt_tokens = max_model_len - max_tokens
-        self.fold_system = False
         try:
-            header = self._encode_prompt("")
+            rendered = self._render(task, fold_system=False)
         except Exception:  # templates such as Gemma's reject a system turn
-            self.fold_system = True
-            header = self._encode_prompt("")
-        self.header_tokens = len(header)
-        self.text_budget = self.max_prompt_tokens - self.header_tokens - _MARGIN
+            rendered = self._render(task, fold_system=True)
+        if rendered.count(self._SENTINEL) != 1:
+            raise ConfigError("teacher.model: its chat template does not place the user's text verbatim")
+        prefix, suffix = rendered.split(self._SENTINEL)
+        self.prefix_ids = tokenizer.encode(prefix, add_special_tokens=False)
+        self.suffix_ids = tokenizer.encode(suffix, add_special_tokens=False)
+        self.header_tokens = len(self.prefix_ids) + len(self.suffix_ids)
+        self.text_budget = max_model_len - max_tokens - self.header_tokens
         if self.text_budget < 16:
             raise ConfigError(
                 f"teacher.max_model_len: the prompt without the text takes {self.header_tokens} tokens; "
@@ -59,24 +59,13 @@ class PromptRenderer:
         """Prompt token ids for ``text``, and whether the text was truncated."""
         text_ids = self.tokenizer.encode(text, add_special_tokens=False)
         truncated = len(text_ids) > self.text_budget
-        if truncated:
-            text = self.tokenizer.decode(text_ids[: self.text_budget])
-        ids = self._encode_prompt(text)
-        # Re-tokenising the rendered prompt can merge tokens differently at the
-        # text's edges; cut further if that pushed it over the limit.
-        while len(ids) > self.max_prompt_tokens:
-            truncated = True
-            text_ids = self.tokenizer.encode(text, add_special_tokens=False)
-            text = self.tokenizer.decode(text_ids[: len(text_ids) - (len(ids) - self.max_prompt_tokens) - 1])
-            ids = self._encode_prompt(text)
-        return ids, truncated
+        return self.prefix_ids + text_ids[: self.text_budget] + self.suffix_ids, truncated
 
-    def _encode_prompt(self, text: str) -> list[int]:
-        messages = prompts.build_messages(self.task, text)
-        if self.fold_system:
+    def _render(self, task: TaskConfig, fold_system: bool) -> str:
+        messages = prompts.build_messages(task, self._SENTINEL)
+        if fold_system:
             messages = prompts.fold_system_into_user(messages)
-        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer.encode(rendered, add_special_tokens=False)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def shard_name(ids: list[str]) -> str:

@@ -2,6 +2,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from pipeline.config import ABSTAIN, ConfigError
+from pipeline.prompts import build_messages
 from pipeline.teacher import PromptRenderer, label_rows, shard_name
 from tests.conftest import LABELS
 
@@ -20,6 +21,9 @@ def test_prompt_uses_the_chat_template(tokenizer, make_config):
     assert text.startswith("<s><|system|>")
     assert "<text>Sales fell.</text>" in text and text.endswith("<|assistant|>\n")
     assert "Answer: positive" in text  # the demo's answer line
+    full = tokenizer.apply_chat_template(build_messages(config.task, "Sales fell."), tokenize=False,
+                                         add_generation_prompt=True)
+    assert text == full  # splicing the text in gives the chat template's own prompt
 
 
 def test_long_text_is_truncated_to_fit(tokenizer, make_config):
