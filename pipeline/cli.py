@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.corpus import InputError
+from pipeline.distill import LabelDataError
+from pipeline.evaluate import GoldSetError
 from pipeline.schemas import SchemaError
 
 SMOKE_ROOT = Path("runs/smoke")
@@ -34,6 +36,27 @@ def smoke_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
     return dataclasses.replace(config, teacher=teacher, data=data)
 
 
+def smoke_distill_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
+    """Distil the smoke labels into a tiny random BERT built on the spot, on CPU."""
+    import pyarrow.fs as pafs
+
+    from pipeline import storage
+    from pipeline.config import DistillConfig, StudentConfig
+    from pipeline.smoke import build_tiny_student
+
+    labels = str((root / config.task.name / "labels").resolve())
+    texts = storage.read_parquet(pafs.LocalFileSystem(), f"{labels}/data", columns=["text"]).column("text")
+    student_path = build_tiny_student(root / "student-base", texts.to_pylist()[:2000])
+    base = config.distill or DistillConfig(output="unused")
+    distill = dataclasses.replace(
+        base, labels=labels, output=str((root / config.task.name / "student").resolve()),
+        epochs=2, num_workers=2, use_gpu=False, batch_size=32, learning_rate=1e-3,
+    )
+    return dataclasses.replace(
+        config, student=StudentConfig(model=str(student_path.resolve()), max_length=64), distill=distill
+    )
+
+
 def label_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raydistill label", description="Label a corpus with the LLM teacher.")
     parser.add_argument("config", help="YAML config file")
@@ -55,17 +78,67 @@ def label_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"label": label_main}
+def distill_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="raydistill distill", description="Train the student on the teacher's labels (Ray Train DDP)."
+    )
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument(
+        "--smoke", action="store_true", help="distil the smoke labels into a tiny random student built on the spot"
+    )
+    args = parser.parse_args(argv)
+    from pipeline.distill import format_distill_report, run_distill
+    from pipeline.smoke import SMOKE_WARNING
+
+    config = load_config(args.config)
+    if args.smoke:
+        print(f"!! {SMOKE_WARNING}", flush=True)
+        config = smoke_distill_config(config)
+    report = run_distill(config, smoke=args.smoke)
+    print(format_distill_report(report))
+    print(f"report: {config.distill.output.rstrip('/')}/report.json")
+    return 0
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="raydistill predict", description="Label a corpus with an exported student (Ray Data)."
+    )
+    parser.add_argument("model_dir", help="exported model folder (local or s3://)")
+    parser.add_argument("input", help="corpus: local path or s3:// URI, parquet/jsonl/csv, file or prefix")
+    parser.add_argument("output", help="output folder: local path or s3:// URI")
+    parser.add_argument("--id-column", default="id")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--actors", type=int, default=1, help="student replicas")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per replica")
+    parser.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (credentials from the environment)")
+    args = parser.parse_args(argv)
+    from pipeline.config import StorageConfig
+    from pipeline.predict import run_predict
+
+    report = run_predict(
+        args.model_dir, args.input, args.output, StorageConfig(endpoint_url=args.s3_endpoint),
+        id_column=args.id_column, text_column=args.text_column, batch_size=args.batch_size,
+        concurrency=args.actors, use_gpu=args.gpu,
+    )
+    rows = report["rows"]
+    print(f"predicted {rows['predicted']} of {rows['input']} rows ({rows['quarantined']} quarantined) "
+          f"in {report['wall_seconds']}s: {report['label_distribution']}")
+    return 0
+
+
+COMMANDS = {"label": label_main, "distill": distill_main, "predict": predict_main}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: raydistill {{{','.join(COMMANDS)}}} CONFIG [options]", file=sys.stderr)
+        print(f"usage: raydistill {{{','.join(COMMANDS)}}} ... (see raydistill COMMAND --help)", file=sys.stderr)
         return 2
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, InputError, SchemaError) as err:
+    except (ConfigError, InputError, SchemaError, LabelDataError, GoldSetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -89,11 +89,41 @@ class StorageConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    model: str  # any Hugging Face encoder: hub name or local path
+    max_length: int = 128  # tokens per text
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Training the student on the teacher's labels (the distillation job)."""
+
+    output: str  # run folder: checkpoints, the exported model, the evaluation
+    labels: Optional[str] = None  # the labelling job's output; default data.output
+    mode: str = "cls"  # cls | rgr | kl
+    min_consistency: Optional[float] = None  # default per mode: cls 1.0, rgr 0.625, kl 0.0
+    validation: Optional[str] = None  # gold set (jsonl/parquet with text, label)
+    test: Optional[str] = None  # gold set, evaluated once at the end
+    epochs: int = 3
+    batch_size: int = 32  # per worker
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    gradient_accumulation: int = 1
+    num_workers: int = 2  # DDP workers
+    use_gpu: bool = False
+    seed: int = 0
+    target_precision: float = 0.8  # report the recall reached at this precision
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     task: TaskConfig
     teacher: TeacherConfig
     data: DataConfig
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+    student: Optional[StudentConfig] = None
+    distill: Optional[DistillConfig] = None
 
 
 def load_config(path: str | Path) -> Config:
@@ -208,6 +238,23 @@ def _check(config: Config) -> None:
         raise ConfigError(f"data.format: must be auto, parquet, jsonl or csv, got {data.format!r}")
     if data.text_column == data.id_column:
         raise ConfigError("data.text_column: must differ from data.id_column")
+    if config.distill is not None:
+        _check_distill(config.distill)
+
+
+def _check_distill(distill: DistillConfig) -> None:
+    if distill.mode not in ("cls", "rgr", "kl"):
+        raise ConfigError(f"distill.mode: must be cls, rgr or kl, got {distill.mode!r}")
+    if distill.min_consistency is not None and not 0 <= distill.min_consistency <= 1:
+        raise ConfigError(f"distill.min_consistency: must be in [0, 1], got {distill.min_consistency}")
+    for key in ("epochs", "batch_size", "gradient_accumulation", "num_workers"):
+        _positive(getattr(distill, key), f"distill.{key}")
+    if distill.learning_rate <= 0:
+        raise ConfigError(f"distill.learning_rate: must be > 0, got {distill.learning_rate}")
+    if not 0 <= distill.warmup_ratio < 1:
+        raise ConfigError(f"distill.warmup_ratio: must be in [0, 1), got {distill.warmup_ratio}")
+    if not 0 < distill.target_precision <= 1:
+        raise ConfigError(f"distill.target_precision: must be in (0, 1], got {distill.target_precision}")
 
 
 def _positive(value: int, key: str) -> None:

@@ -70,7 +70,7 @@ def run_labeling(config: Config, *, smoke: bool = False, log: Callable[[str], No
     corpus = open_corpus(config.data, config.storage)
     _check_prompt_fits(config)
     manifest = _manifest(config)
-    _claim_output(out, manifest, config.data.output)
+    storage.claim_output(out.fs, out.manifest, manifest, config.data.output, "data.output")
     log(f"[label] {len(corpus.files)} {corpus.format} file(s) from {config.data.input}")
 
     _init_ray()
@@ -138,20 +138,6 @@ def _manifest(config: Config) -> dict[str, Any]:
         },
         "input": config.data.input,
     }
-
-
-def _claim_output(out: OutputLayout, manifest: dict[str, Any], uri: str) -> None:
-    """Write the manifest, or check that an existing output was made by the same job."""
-    if storage.exists(out.fs, out.manifest):
-        existing = storage.read_json(out.fs, out.manifest)
-        for key, value in manifest.items():
-            if existing.get(key) != value:
-                raise ConfigError(
-                    f"data.output: {uri} holds rows labelled with a different {key} "
-                    f"({existing.get(key)!r}, now {value!r}); use a new data.output or remove the old one"
-                )
-        return
-    storage.write_json(out.fs, out.manifest, manifest)
 
 
 def committed_ids(out: OutputLayout) -> pa.Array:

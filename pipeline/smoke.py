@@ -104,3 +104,36 @@ def _tilt_output_head(model, favoured_ids: list[int]) -> None:
 def _same_labels(path: Path, label_names: Sequence[str]) -> bool:
     marker = path / "raydistill_smoke.json"
     return marker.exists() and json.loads(marker.read_text()).get("labels") == list(label_names)
+
+
+def build_tiny_student(path: str | Path, corpus: Sequence[str] = ()) -> Path:
+    """Write a random tiny BERT (2 layers, hidden 32) with a WordPiece tokenizer to ``path``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=1000, special_tokens=specials)
+    wordpiece.train_from_iterator(list(corpus) + [" ".join(_BASE_WORDS)] * 4, trainer=trainer)
+    cls_id, sep_id = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]",
+    )
+    tokenizer.save_pretrained(path)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=256, num_labels=2,
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    return path

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.config import StorageConfig
+from pipeline.config import ConfigError, StorageConfig
 
 
 def is_s3(uri: str) -> bool:
@@ -113,3 +113,23 @@ def read_json(fs: pafs.FileSystem, path: str) -> Any:
 def delete_dir(fs: pafs.FileSystem, path: str) -> None:
     if exists(fs, path):
         fs.delete_dir(path)
+
+
+def claim_output(
+    fs: pafs.FileSystem, manifest_path: str, manifest: dict[str, Any], uri: str, key: str
+) -> None:
+    """Write a job's manifest, or check that an existing output was made by the same job.
+
+    Resuming into an output made with other settings would mix incompatible
+    rows or checkpoints, so it is refused, naming the first differing field.
+    """
+    if exists(fs, manifest_path):
+        existing = read_json(fs, manifest_path)
+        for field, value in manifest.items():
+            if existing.get(field) != value:
+                raise ConfigError(
+                    f"{key}: {uri} was made with a different {field} ({existing.get(field)!r}, now {value!r}); "
+                    "use a new output location or remove the old one"
+                )
+        return
+    write_json(fs, manifest_path, manifest)

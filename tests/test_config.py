@@ -29,7 +29,8 @@ def test_example_config_loads():
     config = load_config("examples/financial_sentiment.yaml")
     assert config.task.label_names == ["negative", "neutral", "positive"]
     assert config.teacher.samples == 8
-    assert config.data.input.endswith("financial_phrasebank/test.jsonl")
+    assert config.data.input.endswith("financial_phrasebank/train.jsonl")
+    assert config.distill.mode == "cls" and config.student.max_length == 128
 
 
 def test_defaults_fill_optional_fields():

@@ -124,7 +124,7 @@ def test_label_job_end_to_end_with_bad_input(tmp_path, make_config, ray_cluster)
 
     # The same output with other sampling settings is refused before any work.
     changed = make_config(str(corpus), str(tmp_path / "out"), teacher={"samples": 2})
-    with pytest.raises(ConfigError, match="holds rows labelled with a different sampling"):
+    with pytest.raises(ConfigError, match="was made with a different sampling"):
         run_labeling(changed, log=lambda _: None)
 
 

@@ -1,0 +1,379 @@
+"""The distillation job: teacher-labelled parquet -> Ray Train DDP student -> export + evaluation.
+
+Output layout under ``distill.output`` (local or s3://)::
+
+    manifest.json      labels, mode, threshold, student: what this run folder holds
+    train/             Ray Train run: a checkpoint per epoch (resumed from on restart)
+    model/             the best checkpoint, self-contained: weights, tokenizer,
+                       raydistill.json (labels, config, history, evaluation)
+    evaluation/        <set>.json, <set>_confusion.png, <set>_pr.png
+    report.json        the run's report
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+
+from pipeline import schemas, storage
+from pipeline.config import Config, ConfigError, StudentConfig, to_dict
+from pipeline.evaluate import evaluate, format_evaluation, load_gold, write_evaluation
+from pipeline.selection import DEFAULT_MIN_CONSISTENCY, keep_mask, kept_at_thresholds
+
+TRAIN_COLUMNS = ["id", "text", "hard_label", "soft_label", "consistency", "n_valid"]
+HOLDOUT_EVERY = 20  # without a gold validation set, 1 id in 20 is held out to compare with the teacher
+
+
+class LabelDataError(ValueError):
+    """The teacher-labelled data does not fit the config's label set."""
+
+
+def holdout_mask(ids: list[str]) -> np.ndarray:
+    """A stable ~5% of ids (by hash), the same in every run and on every worker."""
+    return np.array([int(hashlib.sha256(i.encode()).hexdigest()[:8], 16) % HOLDOUT_EVERY == 0 for i in ids])
+
+
+def run_distill(config: Config, *, smoke: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    started = time.time()
+    distill, student = _require(config.distill, "distill"), _require(config.student, "student")
+    label_names = config.task.label_names
+    threshold = distill.min_consistency
+    if threshold is None:
+        threshold = DEFAULT_MIN_CONSISTENCY[distill.mode]
+    labels_uri = distill.labels or config.data.output
+
+    # Everything checkable is checked before any worker starts.
+    gold = {
+        name: load_gold(uri, label_names, f"distill.{name}", config.storage)
+        for name, uri in (("validation", distill.validation), ("test", distill.test))
+        if uri
+    }
+    labels_fs, labels_root = storage.resolve(labels_uri, config.storage)
+    files = storage.list_files(labels_fs, storage.join(labels_root, "data"), (".parquet",))
+    if not files:
+        raise LabelDataError(f"distill.labels: no labelled parquet under {labels_uri}/data")
+    _check_label_manifest(labels_fs, labels_root, labels_uri, label_names)
+    scan = _scan_labelled(labels_fs, files, labels_uri, label_names, threshold, holdout=not gold.get("validation"))
+    if scan["train_rows"] == 0:
+        raise LabelDataError(
+            f"distill.min_consistency: no training rows left: {scan['rows']} labelled rows, "
+            f"{scan['kept_at_threshold']} with consistency >= {threshold} and a valid vote "
+            f"(rows kept per threshold: {scan['kept_per_threshold']})"
+        )
+    out_fs, out_root = storage.resolve(distill.output, config.storage)
+    storage.claim_output(
+        out_fs, storage.join(out_root, "manifest.json"), _manifest(config, threshold, labels_uri), distill.output,
+        "distill.output",
+    )
+    log(
+        f"[distill] {scan['rows']} labelled rows; mode {distill.mode}, min consistency {threshold}: "
+        f"{scan['train_rows']} train rows, {scan['holdout_rows']} teacher hold-out rows"
+    )
+
+    _init_ray()
+    train = _train_dataset(labels_fs, files, label_names, threshold, student, holdout=not gold.get("validation"))
+    train_started = time.time()
+    result = _fit(config, train, scan["train_rows"], gold.get("validation"), out_fs, out_root)
+    train_seconds = time.time() - train_started
+
+    best, best_metrics = _best_checkpoint(result, bool(gold.get("validation")))
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(best.to_directory(str(Path(tmp) / "model")))
+        (model_dir / "training_state.pt").unlink(missing_ok=True)
+        evaluations = _evaluate_all(config, model_dir, gold, scan, out_fs, out_root, log)
+        with result.checkpoint.as_directory() as latest:  # the latest holds every epoch's metrics
+            history = _read_history(Path(latest))
+        (model_dir / "history.json").unlink(missing_ok=True)
+        export = {
+            "labels": label_names,
+            "task": config.task.name,
+            "max_length": student.max_length,
+            "mode": distill.mode,
+            "min_consistency": threshold,
+            "best_epoch": best_metrics.get("epoch"),
+            "history": history,
+            "evaluation": {name: _headline(r) for name, r in evaluations.items()},
+            "config": to_dict(config),
+        }
+        storage.write_json(pafs.LocalFileSystem(), str(model_dir / "raydistill.json"), export)
+        model_uri = storage.join(out_root, "model")
+        storage.delete_dir(out_fs, model_uri)
+        out_fs.create_dir(model_uri, recursive=True)
+        pafs.copy_files(str(model_dir), model_uri, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=out_fs)
+
+    epochs_run = len(history)
+    report = {
+        "job": "distill",
+        "task": config.task.name,
+        "smoke": smoke,
+        "student_model": student.model,
+        "mode": distill.mode,
+        "min_consistency": threshold,
+        "rows": {
+            "labelled": scan["rows"],
+            "kept_per_threshold": scan["kept_per_threshold"],
+            "kept_at_threshold": scan["kept_at_threshold"],
+            "train": scan["train_rows"],
+            "teacher_holdout": scan["holdout_rows"],
+        },
+        "epochs": epochs_run,
+        "best_epoch": best_metrics.get("epoch"),
+        "history": history,
+        "evaluation": {name: _headline(r) for name, r in evaluations.items()},
+        "model": f"{distill.output.rstrip('/')}/model",
+        "time": {
+            "wall_seconds": round(time.time() - started, 2),
+            "train_seconds": round(train_seconds, 2),
+            "train_samples_per_second": round(scan["train_rows"] * epochs_run / train_seconds, 2),
+        },
+    }
+    storage.write_json(out_fs, storage.join(out_root, "report.json"), report)
+    return report
+
+
+def _require(section: Any, name: str) -> Any:
+    if section is None:
+        raise ConfigError(f"{name}: this job needs the {name} section of the config")
+    return section
+
+
+def _init_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+
+
+def _manifest(config: Config, threshold: float, labels_uri: str) -> dict[str, Any]:
+    distill, student = config.distill, config.student
+    return {
+        "labels": config.task.label_names,
+        "labelled_data": labels_uri,
+        "mode": distill.mode,
+        "min_consistency": threshold,
+        "student": dataclasses.asdict(student),
+        "training": {
+            key: getattr(distill, key)
+            for key in ("batch_size", "learning_rate", "weight_decay", "warmup_ratio",
+                        "gradient_accumulation", "num_workers", "seed")
+        },
+    }
+
+
+def _check_label_manifest(fs: Any, root: str, uri: str, label_names: list[str]) -> None:
+    path = storage.join(root, "manifest.json")
+    if storage.exists(fs, path):
+        labels = storage.read_json(fs, path).get("labels")
+        if labels != label_names:
+            raise LabelDataError(
+                f"distill.labels: {uri} was labelled with labels {labels}, the config has {label_names} "
+                "(soft labels follow that order)"
+            )
+
+
+def _scan_labelled(
+    fs: Any, files: list[str], uri: str, label_names: list[str], threshold: float, holdout: bool
+) -> dict[str, Any]:
+    """One pass over the label columns: validate them and count what each threshold keeps."""
+    import pyarrow.parquet as pq
+
+    known = pa.array(label_names)
+    consistency, n_valid, held = [], [], []
+    for file in files:
+        columns = [c for c in TRAIN_COLUMNS if c != "text"]
+        table = pq.read_table(file, filesystem=fs, columns=columns)
+        schemas.check_columns(table.schema, pa.schema([schemas.LABELLED.field(c) for c in columns]), file)
+        hard = table.column("hard_label")
+        unknown = pc.and_(pc.is_valid(hard), pc.invert(pc.is_in(hard, value_set=known)))
+        if pc.any(unknown).as_py():
+            row = table.filter(unknown).slice(0, 1).to_pylist()[0]
+            raise LabelDataError(
+                f"distill.labels: row id {row['id']!r} in {file} has hard_label {row['hard_label']!r}, "
+                f"not one of {label_names}"
+            )
+        lengths = pc.list_value_length(table.column("soft_label"))
+        wrong = pc.and_(pc.is_valid(lengths), pc.not_equal(lengths, len(label_names)))
+        if pc.any(wrong).as_py():
+            row = table.filter(wrong).slice(0, 1).to_pylist()[0]
+            raise LabelDataError(
+                f"distill.labels: row id {row['id']!r} in {file} has a soft_label of length "
+                f"{len(row['soft_label'])}, expected {len(label_names)} (one per label)"
+            )
+        consistency.append(table.column("consistency").to_numpy())
+        n_valid.append(table.column("n_valid").to_numpy())
+        ids = table.column("id").to_pylist()
+        held.append(holdout_mask(ids) if holdout else np.zeros(len(ids), dtype=bool))
+    consistency, n_valid, held = np.concatenate(consistency), np.concatenate(n_valid), np.concatenate(held)
+    keep = keep_mask(consistency, n_valid, threshold)
+    return {
+        "rows": int(len(consistency)),
+        "kept_per_threshold": kept_at_thresholds(consistency, n_valid),
+        "kept_at_threshold": int(keep.sum()),
+        "train_rows": int((keep & ~held).sum()),
+        "holdout_rows": int((held & (n_valid > 0)).sum()),
+    }
+
+
+class _Encoder:
+    """Ray Data map: filter by threshold, tokenise, and turn labels into tensors."""
+
+    def __init__(self, student: StudentConfig, label_names: list[str], threshold: float, holdout: bool):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(student.model)
+        self.max_length = student.max_length
+        self.index = {name: i for i, name in enumerate(label_names)}
+        self.threshold, self.holdout = threshold, holdout
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        from pipeline.student import tokenize
+
+        keep = keep_mask(batch.column("consistency").to_numpy(), batch.column("n_valid").to_numpy(), self.threshold)
+        if self.holdout:
+            keep &= ~holdout_mask(batch.column("id").to_pylist())
+        rows = batch.filter(pa.array(keep))
+        encoded = tokenize(self.tokenizer, rows.column("text").to_pylist(), self.max_length)
+        soft = rows.column("soft_label").to_pylist()
+        return {
+            **encoded,
+            "hard": np.array([self.index[h] for h in rows.column("hard_label").to_pylist()], dtype=np.int64),
+            "soft": np.array(soft, dtype=np.float32).reshape(len(soft), len(self.index)),
+        }
+
+
+def _train_dataset(fs, files, label_names, threshold, student, holdout) -> Any:
+    import ray.data
+
+    ds = ray.data.read_parquet(files, filesystem=fs).select_columns(TRAIN_COLUMNS)
+    encoded = ds.map_batches(
+        _Encoder,
+        fn_constructor_kwargs={"student": student, "label_names": label_names, "threshold": threshold,
+                               "holdout": holdout},
+        batch_format="pyarrow",
+        concurrency=1,
+    )
+    # Materialised before training: the train workers hold the cluster's CPUs,
+    # and the encoded rows are small next to the model.
+    return encoded.materialize()
+
+
+def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root: str) -> Any:
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.student import train_loop_per_worker
+
+    distill, student = config.distill, config.student
+    loop_config = {
+        "student_model": student.model,
+        "max_length": student.max_length,
+        "labels": config.task.label_names,
+        "mode": distill.mode,
+        "epochs": distill.epochs,
+        "batch_size": distill.batch_size,
+        "learning_rate": distill.learning_rate,
+        "weight_decay": distill.weight_decay,
+        "warmup_ratio": distill.warmup_ratio,
+        "gradient_accumulation": distill.gradient_accumulation,
+        "use_gpu": distill.use_gpu,
+        "seed": distill.seed,
+        "train_rows": train_rows,
+        "validation": {"texts": validation[0], "labels": validation[1]} if validation else None,
+    }
+    score = ("val_macro_f1", "max") if validation else ("train_loss", "min")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=distill.num_workers, use_gpu=distill.use_gpu),
+        run_config=RunConfig(
+            name="train",
+            storage_path=root,
+            storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(checkpoint_score_attribute=score[0], checkpoint_score_order=score[1]),
+        ),
+        datasets={"train": train},
+    )
+    return trainer.fit()
+
+
+def _best_checkpoint(result: Any, by_validation: bool) -> tuple[Any, dict[str, Any]]:
+    candidates = result.best_checkpoints
+    if not candidates:
+        raise RuntimeError("training reported no checkpoint")
+    if by_validation:
+        return max(candidates, key=lambda pair: pair[1].get("val_macro_f1", -1.0))
+    return max(candidates, key=lambda pair: pair[1].get("epoch", -1))
+
+
+def _read_history(model_dir: Path) -> list[dict[str, Any]]:
+    import json
+
+    from pipeline.student import HISTORY_FILE
+
+    path = model_dir / HISTORY_FILE
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _evaluate_all(config, model_dir: Path, gold, scan, out_fs, out_root, log) -> dict[str, Any]:
+    """Gold sets when given; otherwise agreement with the teacher on the held-out rows."""
+    from pipeline.student import load_student
+
+    distill, label_names = config.distill, config.task.label_names
+    tokenizer, model = load_student(str(model_dir), label_names)
+    sets = dict(gold)
+    if "validation" not in gold:
+        sets["teacher_holdout"] = _teacher_holdout(config)
+    folder = storage.join(out_root, "evaluation")
+    reports = {}
+    for name, (texts, labels) in sets.items():
+        if not texts:
+            continue
+        report = evaluate(model, tokenizer, texts, labels, label_names, config.student.max_length,
+                          distill.target_precision)
+        write_evaluation(out_fs, folder, name, report)
+        log(format_evaluation(name, report))
+        reports[name] = report
+    return reports
+
+
+def _teacher_holdout(config: Config) -> tuple[list[str], list[int]]:
+    """The held-out rows with the teacher's hard label as the reference."""
+    fs, root = storage.resolve(config.distill.labels or config.data.output, config.storage)
+    index = {name: i for i, name in enumerate(config.task.label_names)}
+    table = storage.read_parquet(fs, storage.join(root, "data"), columns=["id", "text", "hard_label"])
+    table = table.filter(pc.is_valid(table.column("hard_label")))
+    held = table.filter(pa.array(holdout_mask(table.column("id").to_pylist())))
+    return held.column("text").to_pylist(), [index[h] for h in held.column("hard_label").to_pylist()]
+
+
+def _headline(report: dict[str, Any]) -> dict[str, Any]:
+    return {"examples": report["examples"], "accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+
+
+def format_distill_report(report: dict[str, Any]) -> str:
+    rows, time_ = report["rows"], report["time"]
+    lines = [
+        f"distillation report: {report['task']}, student {report['student_model']}, mode {report['mode']}",
+        f"  rows     {rows['labelled']} labelled; kept per min consistency {rows['kept_per_threshold']}",
+        f"           {rows['kept_at_threshold']} kept at {report['min_consistency']}, "
+        f"{rows['train']} trained on, {rows['teacher_holdout']} held out",
+        f"  epochs   {report['epochs']} (best {report['best_epoch']}): "
+        + ", ".join(f"loss {h['train_loss']:.4f}" for h in report["history"]),
+        f"  time     {time_['wall_seconds']}s wall, {time_['train_seconds']}s training, "
+        f"{time_['train_samples_per_second']} samples/s",
+    ]
+    for name, scores in report["evaluation"].items():
+        lines.append(f"  {name:<8} accuracy {scores['accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f} "
+                     f"({scores['examples']} examples)")
+    lines.append(f"  model    {report['model']}")
+    return "\n".join(lines)
+

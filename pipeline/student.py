@@ -1,0 +1,157 @@
+"""The student: a Hugging Face encoder fine-tuned with Ray Train (DDP).
+
+``train_loop_per_worker`` reads like plain PyTorch: model, optimizer and
+schedule, then epochs over this worker's shard of the Ray Dataset. Ray Train
+wraps the model in DDP, gives each worker its own shard, and keeps the
+checkpoints; a job started again with the same run folder resumes from the
+latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+STATE_FILE = "training_state.pt"
+HISTORY_FILE = "history.json"
+
+
+def load_student(model: str, label_names: Sequence[str]) -> tuple[Any, Any]:
+    """Tokenizer and a classification model with ``len(label_names)`` outputs."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    classifier = AutoModelForSequenceClassification.from_pretrained(
+        model,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        ignore_mismatched_sizes=True,  # a checkpoint with another head gets a fresh one
+    )
+    return tokenizer, classifier
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+    encoded = tokenizer(
+        texts, max_length=max_length, truncation=True, padding="max_length", return_tensors="np"
+    )
+    return {"input_ids": encoded["input_ids"].astype(np.int64),
+            "attention_mask": encoded["attention_mask"].astype(np.int64)}
+
+
+@torch.no_grad()
+def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities (rows x classes) for ``texts``."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenize(tokenizer, texts[start:start + batch_size], max_length)
+        logits = model(**{k: torch.from_numpy(v).to(device) for k, v in batch.items()}).logits
+        out.append(logits.float().softmax(dim=-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels))
+
+
+def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+    """One DDP worker. ``cfg`` holds plain values (see ``distill._train_loop_config``)."""
+    import ray.train
+    import ray.train.torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from pipeline.losses import distill_loss
+    from pipeline.metrics import classification_report
+
+    torch.manual_seed(cfg["seed"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    tokenizer, model = load_student(cfg["student_model"], cfg["labels"])
+
+    start_epoch, history, state = 0, [], None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # resume: weights, optimizer, schedule and the epochs already done
+        with checkpoint.as_directory() as folder:
+            _, model = load_student(folder, cfg["labels"])
+            state = torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
+            with open(os.path.join(folder, HISTORY_FILE)) as f:
+                history = json.load(f)
+        start_epoch = state["epoch"] + 1
+
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
+    rows_per_worker = cfg["train_rows"] // world
+    steps_per_epoch = max(1, math.ceil(rows_per_worker / cfg["batch_size"] / cfg["gradient_accumulation"]))
+    total_steps = steps_per_epoch * cfg["epochs"]
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg["warmup_ratio"] * total_steps), total_steps)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    use_amp = cfg["use_gpu"] and torch.cuda.is_available()
+    shard = ray.train.get_dataset_shard("train")
+
+    for epoch in range(start_epoch, cfg["epochs"]):
+        model.train()
+        loss_sum, batches = torch.zeros((), device=device), 0
+        for step, batch in enumerate(shard.iter_torch_batches(batch_size=cfg["batch_size"], device=device)):
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = distill_loss(logits.float(), cfg["mode"], batch["hard"], batch["soft"])
+            (loss / cfg["gradient_accumulation"]).backward()
+            if (step + 1) % cfg["gradient_accumulation"] == 0:
+                _optimizer_step(model, optimizer, scheduler)
+            loss_sum += loss.detach()
+            batches += 1
+        if batches % cfg["gradient_accumulation"]:
+            _optimizer_step(model, optimizer, scheduler)  # the epoch's last, partial accumulation
+        mean_loss = _all_reduce_mean(loss_sum / max(batches, 1), world)
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": mean_loss}
+        if rank == 0 and cfg["validation"]:
+            texts, labels = cfg["validation"]["texts"], cfg["validation"]["labels"]
+            probs = predict_proba(_unwrap(model), tokenizer, texts, cfg["max_length"])
+            evaluation = classification_report(np.array(labels), probs, cfg["labels"])
+            metrics.update(val_accuracy=evaluation["accuracy"], val_macro_f1=evaluation["macro_f1"])
+        history.append({k: v for k, v in metrics.items()})
+        _report(metrics, rank, _unwrap(model), tokenizer, optimizer, scheduler, epoch, history)
+
+
+def _optimizer_step(model: Any, optimizer: Any, scheduler: Any) -> None:
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _all_reduce_mean(value: torch.Tensor, world: int) -> float:
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(value)
+        value = value / world
+    return float(value.item())
+
+
+def _unwrap(model: Any) -> Any:
+    return model.module if hasattr(model, "module") else model
+
+
+def _report(metrics, rank, model, tokenizer, optimizer, scheduler, epoch, history) -> None:
+    """Every worker reports; rank 0 attaches the checkpoint (weights are identical under DDP)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            torch.save(
+                {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                os.path.join(folder, STATE_FILE),
+            )
+            with open(os.path.join(folder, HISTORY_FILE), "w") as f:
+                json.dump(history, f)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)

@@ -1,0 +1,178 @@
+"""Distillation: Ray Train DDP (2 workers, gloo on CPU) on a tiny random BERT."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import DistillConfig, StudentConfig
+from pipeline.distill import LabelDataError, run_distill
+from pipeline.evaluate import GoldSetError
+from pipeline.schemas import LABELLED
+from pipeline.smoke import build_tiny_student
+from tests.conftest import LABELS
+
+CUES = {"negative": ["terrible", "loss", "lawsuit"], "neutral": ["meeting", "scheduled", "located"],
+        "positive": ["excellent", "gain", "record"]}
+FILLER = "the company said on monday that its results for the quarter were as reported".split()
+
+
+def make_text(label: str, rng: random.Random) -> str:
+    words = rng.sample(FILLER, 6) + [rng.choice(CUES[label]), rng.choice(CUES[label])]
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def labelled_rows(n: int, seed: int = 0, unanimous_share: float = 0.7) -> list[dict]:
+    """Teacher output for a separable task: 70% unanimous votes, the rest 6 of 8."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = LABELS[i % 3]
+        index = LABELS.index(label)
+        if rng.random() < unanimous_share:
+            soft, consistency = [1.0 if j == index else 0.0 for j in range(3)], 1.0
+        else:
+            soft, consistency = [0.75 if j == index else 0.125 for j in range(3)], 0.75
+        rows.append({
+            "id": f"r{i}", "text": make_text(label, rng), "votes": [label] * 8, "hard_label": label,
+            "soft_label": soft, "consistency": consistency, "n_valid": 8, "rationale": "r",
+            "prompt_tokens": 10, "completion_tokens": 10, "truncated": False, "teacher_model": "t",
+            "prompt_hash": "h",
+        })
+    return rows
+
+
+def write_labelled(folder: Path, rows: list[dict]) -> Path:
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=LABELLED), folder / "data" / "part-0.parquet")
+    (folder / "manifest.json").write_text(json.dumps({"labels": LABELS}))
+    return folder
+
+
+def write_gold(path: Path, n: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    path.write_text("\n".join(json.dumps({"id": f"g{i}", "text": make_text(LABELS[i % 3], rng),
+                                          "label": LABELS[i % 3]}) for i in range(n)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory) -> Path:
+    rng = random.Random(1)
+    corpus = [make_text(LABELS[i % 3], rng) for i in range(300)]
+    return build_tiny_student(tmp_path_factory.mktemp("student"), corpus)
+
+
+@pytest.fixture
+def distill_config(tmp_path, make_config, tiny_student):
+    labels = write_labelled(tmp_path / "labels", labelled_rows(240))
+    validation = write_gold(tmp_path / "validation.jsonl", 60, seed=2)
+    test = write_gold(tmp_path / "test.jsonl", 90, seed=3)
+
+    def make(**distill):
+        config = make_config(str(tmp_path / "corpus.jsonl"), str(labels))
+        base = DistillConfig(output=str(tmp_path / "run"), labels=str(labels), validation=str(validation),
+                             test=str(test), epochs=6, batch_size=8, learning_rate=5e-3, num_workers=2)
+        return dataclasses.replace(
+            config, student=StudentConfig(model=str(tiny_student), max_length=24),
+            distill=dataclasses.replace(base, **distill),
+        )
+
+    return make
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["cls", "rgr", "kl"])
+def test_ddp_training_learns_in_each_mode(mode, distill_config, ray_cluster, tmp_path):
+    config = distill_config(mode=mode)
+    report = run_distill(config, log=lambda _: None)
+
+    losses = [epoch["train_loss"] for epoch in report["history"]]
+    assert len(losses) == 6 and losses[-1] < losses[0] * 0.7  # the loss falls
+    assert report["evaluation"]["test"]["accuracy"] > 0.8  # chance is 1/3
+    unanimous = sum(1 for r in labelled_rows(240) if r["consistency"] == 1.0)
+    expected_train = {"cls": unanimous, "rgr": 240, "kl": 240}[mode]
+    assert report["rows"]["train"] == expected_train
+    assert report["rows"]["kept_per_threshold"]["1"] == unanimous
+    assert report["rows"]["kept_per_threshold"]["0.75"] == 240
+
+    model = tmp_path / "run" / "model"
+    meta = json.loads((model / "raydistill.json").read_text())
+    assert meta["labels"] == LABELS and meta["mode"] == mode
+    assert (model / "config.json").exists() and (model / "tokenizer.json").exists()
+    assert not (model / "training_state.pt").exists()
+    evaluation = json.loads((tmp_path / "run" / "evaluation" / "test.json").read_text())
+    assert evaluation["accuracy"] == report["evaluation"]["test"]["accuracy"]
+    assert sum(map(sum, evaluation["confusion_matrix"])) == 90
+    for name in ("test_confusion.png", "test_pr.png", "validation.json"):
+        assert (tmp_path / "run" / "evaluation" / name).stat().st_size > 0
+    assert (tmp_path / "run" / "report.json").exists()
+
+
+@pytest.mark.slow
+def test_training_resumes_from_the_latest_checkpoint(distill_config, ray_cluster):
+    first = run_distill(distill_config(epochs=1), log=lambda _: None)
+    second = run_distill(distill_config(epochs=2), log=lambda _: None)
+    assert len(first["history"]) == 1 and len(second["history"]) == 2
+    assert second["history"][0] == first["history"][0]  # epoch 0 was loaded, not trained again
+
+
+@pytest.mark.slow
+def test_export_then_predict_round_trip(distill_config, ray_cluster, tmp_path):
+    from pipeline.predict import run_predict
+    from pipeline.student import load_student, predict_proba
+
+    config = distill_config(epochs=2)
+    run_distill(config, log=lambda _: None)
+    model_dir = tmp_path / "run" / "model"
+    gold = tmp_path / "test.jsonl"
+    report = run_predict(str(model_dir), str(gold), str(tmp_path / "predictions"))
+    table = pq.read_table(tmp_path / "predictions" / "data").sort_by("id")
+    texts = {json.loads(line)["id"]: json.loads(line)["text"] for line in gold.read_text().splitlines()}
+    tokenizer, model = load_student(str(model_dir), LABELS)
+    expected = predict_proba(model, tokenizer, [texts[i] for i in table.column("id").to_pylist()], 24)
+    assert report["rows"] == {"input": 90, "predicted": 90, "quarantined": 0}
+    assert np.allclose(np.array(table.column("probabilities").to_pylist()), expected, atol=1e-5)
+    assert table.column("label").to_pylist() == [LABELS[i] for i in expected.argmax(axis=1)]
+
+
+def test_unknown_label_in_data_is_an_error(distill_config, tmp_path):
+    rows = labelled_rows(10)
+    rows[3]["hard_label"] = "bullish"
+    write_labelled(tmp_path / "labels", rows)
+    with pytest.raises(LabelDataError, match="row id 'r3' .* has hard_label 'bullish', not one of"):
+        run_distill(distill_config(), log=lambda _: None)
+
+
+def test_soft_label_of_wrong_length_is_an_error(distill_config, tmp_path):
+    rows = labelled_rows(10)
+    rows[5]["soft_label"] = [0.5, 0.5]
+    write_labelled(tmp_path / "labels", rows)
+    with pytest.raises(LabelDataError, match="row id 'r5' .* soft_label of length 2, expected 3"):
+        run_distill(distill_config(), log=lambda _: None)
+
+
+def test_empty_training_set_after_filter_names_threshold_and_counts(distill_config, tmp_path):
+    write_labelled(tmp_path / "labels", labelled_rows(20, unanimous_share=0.0))
+    with pytest.raises(LabelDataError, match=r"no training rows left: 20 labelled rows, 0 with consistency >= 1.0"):
+        run_distill(distill_config(mode="cls"), log=lambda _: None)
+
+
+def test_gold_set_with_unknown_label_is_an_error(distill_config, tmp_path):
+    (tmp_path / "validation.jsonl").write_text(json.dumps({"id": "v1", "text": "x", "label": "bullish"}) + "\n")
+    with pytest.raises(GoldSetError, match=r"distill.validation: .* row 1 \(id 'v1'\) has label 'bullish'"):
+        run_distill(distill_config(), log=lambda _: None)
+
+
+def test_labels_in_another_order_are_an_error(distill_config, tmp_path):
+    (tmp_path / "labels" / "manifest.json").write_text(json.dumps({"labels": ["positive", "neutral", "negative"]}))
+    with pytest.raises(LabelDataError, match="was labelled with labels"):
+        run_distill(distill_config(), log=lambda _: None)
