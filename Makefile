@@ -4,10 +4,12 @@
 install:
 	bash scripts/install.sh
 
-# The main job on the embedded default (a local Ray cluster, local files),
-# with a tiny random teacher built on the spot: its labels are noise.
+# The whole pipeline on the embedded default (a local Ray cluster, local files):
+# label with a tiny random teacher, then distil into a tiny random student, both
+# built on the spot. The labels are noise: this shows the machinery, not quality.
 smoke: install
 	.venv/bin/raydistill label examples/financial_sentiment.yaml --smoke
+	.venv/bin/raydistill distill examples/financial_sentiment.yaml --smoke
 
 test: install
 	.venv/bin/python -m pytest tests

@@ -57,47 +57,43 @@ def smoke_distill_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
     )
 
 
-def label_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="raydistill label", description="Label a corpus with the LLM teacher.")
-    parser.add_argument("config", help="YAML config file")
-    parser.add_argument(
-        "--smoke", action="store_true", help="use a tiny random teacher built on the spot (labels are noise)"
-    )
-    args = parser.parse_args(argv)
-    from pipeline.labeling import run_labeling
-    from pipeline.reports import format_labeling_report
+def _config_job(argv, name: str, description: str, smoke_help: str, make_smoke, run, describe, output) -> int:
+    """A job that takes one config file and an optional --smoke switch."""
     from pipeline.smoke import SMOKE_WARNING
 
+    parser = argparse.ArgumentParser(prog=f"raydistill {name}", description=description)
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    args = parser.parse_args(argv)
     config = load_config(args.config)
     if args.smoke:
         print(f"!! {SMOKE_WARNING}", flush=True)
-        config = smoke_config(config)
-    report = run_labeling(config, smoke=args.smoke)
-    print(format_labeling_report(report))
-    print(f"report: {config.data.output.rstrip('/')}/report.json")
+        config = make_smoke(config)
+    report = run(config, smoke=args.smoke)
+    print(describe(report))
+    print(f"report: {output(config).rstrip('/')}/report.json")
     return 0
+
+
+def label_main(argv: list[str] | None = None) -> int:
+    from pipeline.labeling import run_labeling
+    from pipeline.reports import format_labeling_report
+
+    return _config_job(
+        argv, "label", "Label a corpus with the LLM teacher.",
+        "use a tiny random teacher built on the spot (labels are noise)",
+        smoke_config, run_labeling, format_labeling_report, lambda c: c.data.output,
+    )
 
 
 def distill_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="raydistill distill", description="Train the student on the teacher's labels (Ray Train DDP)."
-    )
-    parser.add_argument("config", help="YAML config file")
-    parser.add_argument(
-        "--smoke", action="store_true", help="distil the smoke labels into a tiny random student built on the spot"
-    )
-    args = parser.parse_args(argv)
     from pipeline.distill import format_distill_report, run_distill
-    from pipeline.smoke import SMOKE_WARNING
 
-    config = load_config(args.config)
-    if args.smoke:
-        print(f"!! {SMOKE_WARNING}", flush=True)
-        config = smoke_distill_config(config)
-    report = run_distill(config, smoke=args.smoke)
-    print(format_distill_report(report))
-    print(f"report: {config.distill.output.rstrip('/')}/report.json")
-    return 0
+    return _config_job(
+        argv, "distill", "Train the student on the teacher's labels (Ray Train DDP).",
+        "distil the smoke labels into a tiny random student built on the spot",
+        smoke_distill_config, run_distill, format_distill_report, lambda c: c.distill.output,
+    )
 
 
 def predict_main(argv: list[str] | None = None) -> int:
