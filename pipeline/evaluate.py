@@ -86,7 +86,8 @@ def _confusion_png(report: dict[str, Any]) -> bytes:
     ax.set_ylabel("true")
     if len(labels) <= 12:
         for (i, j), count in np.ndenumerate(matrix):
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=8)
+            dark = count > matrix.max() / 2
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_title(f"accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}")
     return _png(fig)
 
