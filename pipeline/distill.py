@@ -346,13 +346,22 @@ def _evaluate_all(config, model_dir: Path, gold, scan, out_fs, out_root, log) ->
 
 
 def _teacher_holdout(config: Config) -> tuple[list[str], list[int]]:
-    """The held-out rows with the teacher's hard label as the reference."""
+    """The held-out rows with the teacher's hard label as the reference, read file by file."""
+    import pyarrow.parquet as pq
+
     fs, root = storage.resolve(config.distill.labels or config.data.output, config.storage)
     index = {name: i for i, name in enumerate(config.task.label_names)}
-    table = storage.read_parquet(fs, storage.join(root, "data"), columns=["id", "text", "hard_label"])
-    table = table.filter(pc.is_valid(table.column("hard_label")))
-    held = table.filter(pa.array(holdout_mask(table.column("id").to_pylist())))
-    return held.column("text").to_pylist(), [index[h] for h in held.column("hard_label").to_pylist()]
+    texts, labels = [], []
+    for file in storage.list_files(fs, storage.join(root, "data"), (".parquet",)):
+        ids = pq.read_table(file, filesystem=fs, columns=["id"]).column("id").to_pylist()
+        held = holdout_mask(ids)
+        if not held.any():
+            continue
+        table = pq.read_table(file, filesystem=fs, columns=["text", "hard_label"]).filter(pa.array(held))
+        table = table.filter(pc.is_valid(table.column("hard_label")))
+        texts += table.column("text").to_pylist()
+        labels += [index[h] for h in table.column("hard_label").to_pylist()]
+    return texts, labels
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:

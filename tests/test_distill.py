@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import DistillConfig, StudentConfig
-from pipeline.distill import LabelDataError, run_distill
+from pipeline.distill import LabelDataError, holdout_mask, run_distill
 from pipeline.evaluate import GoldSetError
 from pipeline.schemas import LABELLED
 from pipeline.smoke import build_tiny_student
@@ -130,8 +130,15 @@ def test_export_then_predict_round_trip(distill_config, ray_cluster, tmp_path):
     from pipeline.predict import run_predict
     from pipeline.student import load_student, predict_proba
 
-    config = distill_config(epochs=2)
-    run_distill(config, log=lambda _: None)
+    config = distill_config(epochs=2, validation=None)  # no gold validation: a teacher hold-out instead
+    distilled = run_distill(config, log=lambda _: None)
+    held = sum(holdout_mask([f"r{i}" for i in range(240)]))
+    assert 0 < held < 240 and distilled["rows"]["teacher_holdout"] == held
+    unanimous = sum(1 for r, h in zip(labelled_rows(240), holdout_mask([f"r{i}" for i in range(240)]))
+                    if r["consistency"] == 1.0 and not h)
+    assert distilled["rows"]["train"] == unanimous
+    assert distilled["evaluation"]["teacher_holdout"]["examples"] == held
+    assert set(distilled["evaluation"]) == {"teacher_holdout", "test"}
     model_dir = tmp_path / "run" / "model"
     gold = tmp_path / "test.jsonl"
     report = run_predict(str(model_dir), str(gold), str(tmp_path / "predictions"))
