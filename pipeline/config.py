@@ -234,6 +234,11 @@ def _check(config: Config) -> None:
     for key in ("gpus_per_actor", "cpus_per_actor"):
         if getattr(teacher, key) < 0:
             raise ConfigError(f"teacher.{key}: must be >= 0, got {getattr(teacher, key)}")
+    if 0 < teacher.gpus_per_actor < teacher.tensor_parallel_size:
+        raise ConfigError(
+            f"teacher.gpus_per_actor: {teacher.gpus_per_actor} GPUs cannot hold an engine spread over "
+            f"teacher.tensor_parallel_size={teacher.tensor_parallel_size} GPUs"
+        )
     if data.format not in ("auto", "parquet", "jsonl", "csv"):
         raise ConfigError(f"data.format: must be auto, parquet, jsonl or csv, got {data.format!r}")
     if data.text_column == data.id_column:

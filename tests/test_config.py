@@ -59,6 +59,10 @@ def test_int_is_accepted_for_float():
         ("task.demos.0.label", "happy", "task.demos[0].label: 'happy' is not one of"),
         ("task.demos.0", {"text": "t", "label": "positive"}, "task.demos[0].rationale: required key is missing"),
         ("data.format", "xml", "data.format: must be auto, parquet, jsonl or csv"),
+        ("teacher.tensor_parallel_size", 2, "teacher.gpus_per_actor: 1.0 GPUs cannot hold an engine spread over"),
+        ("distill", {"output": "o", "mode": "mse"}, "distill.mode: must be cls, rgr or kl"),
+        ("distill", {"output": "o", "min_consistency": 1.5}, "distill.min_consistency: must be in [0, 1]"),
+        ("distill", {"mode": "cls"}, "distill.output: required key is missing"),
         ("storage.aws_secret_access_key", "x", "storage.aws_secret_access_key: unknown key"),
     ],
 )
