@@ -26,14 +26,15 @@ _ITEM = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|text\s*\d*\s*:)\s*", re.IGNORECAS
 _LABEL_LINE = re.compile(r"^\s*(?:label|class|category|sentiment|answer)\s*:\s*(.+)$", re.IGNORECASE)
 
 
-def _label_lines(task: TaskConfig) -> str:
-    return "\n".join(f"- {label.name}: {label.description}" for label in task.labels)
+def _system(task: TaskConfig) -> dict[str, str]:
+    labels = "\n".join(f"- {label.name}: {label.description}" for label in task.labels)
+    return {"role": "system", "content": f"{task.instruction.strip()}\n\nLabels:\n{labels}"}
 
 
 def reasons_messages(task: TaskConfig, label: str, n: int) -> list[dict[str, str]]:
     """Ask for ``n`` distinct reasons a text could carry ``label`` (one per line)."""
     return [
-        {"role": "system", "content": f"{task.instruction.strip()}\n\nLabels:\n{_label_lines(task)}"},
+        _system(task),
         {"role": "user", "content": (
             f"List {n} different reasons why a text would be labelled '{label}'. "
             "One short reason per line, no numbering, nothing else."
@@ -44,7 +45,7 @@ def reasons_messages(task: TaskConfig, label: str, n: int) -> list[dict[str, str
 def example_messages(task: TaskConfig, label: str, reason: str) -> list[dict[str, str]]:
     """Ask for one new text that carries ``label`` because of ``reason``."""
     return [
-        {"role": "system", "content": f"{task.instruction.strip()}\n\nLabels:\n{_label_lines(task)}"},
+        _system(task),
         {"role": "user", "content": (
             f"Write one realistic text that should be labelled '{label}' because: {reason}\n"
             "Answer with the text alone on one line, starting with 'Text:'."
@@ -55,7 +56,7 @@ def example_messages(task: TaskConfig, label: str, reason: str) -> list[dict[str
 def extrapolation_messages(task: TaskConfig, text: str, label: str, m: int) -> list[dict[str, str]]:
     """Ask for ``m`` new texts like a misclassified one, all carrying its gold label."""
     return [
-        {"role": "system", "content": f"{task.instruction.strip()}\n\nLabels:\n{_label_lines(task)}"},
+        _system(task),
         {"role": "user", "content": (
             f"A classifier got this text wrong. Its correct label is '{label}'.\n"
             f"<text>{text}</text>\n"
