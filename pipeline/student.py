@@ -59,7 +59,7 @@ def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int,
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
-    """One DDP worker. ``cfg`` holds plain values (see ``distill._train_loop_config``)."""
+    """One DDP worker. ``cfg`` holds plain values (built in ``distill._fit``)."""
     import ray.train
     import ray.train.torch
     from transformers import get_linear_schedule_with_warmup
