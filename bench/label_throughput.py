@@ -31,34 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import first_rows
+
 from pipeline.cli import smoke_config
 from pipeline.config import Config, load_config
-from pipeline.corpus import InputError, check_row, open_corpus
 from pipeline.labeling import run_labeling
 from pipeline.teacher import TeacherLabeler
-
-
-def first_rows(config: Config, n: int) -> list[tuple[str, str]]:
-    """The first ``n`` labellable (id, text) rows of the config's jsonl input."""
-    corpus = open_corpus(config.data, config.storage)
-    if corpus.format != "jsonl":
-        raise InputError(f"data.input: this benchmark reads jsonl only, got {corpus.format}")
-    rows = []
-    for file in corpus.files:
-        with corpus.fs.open_input_stream(file) as stream:
-            lines = stream.read().decode("utf-8").splitlines()
-        for line in lines:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            row_id, text, problem = check_row(record.get(corpus.id_column), record.get(corpus.text_column))
-            if problem is None:
-                rows.append((row_id, text))
-            if len(rows) == n:
-                return rows
-    if not rows:
-        raise InputError(f"data.input: no labellable rows in {config.data.input}")
-    return rows
 
 
 def with_rows(config: Config, rows: list[tuple[str, str]], workdir: Path) -> Config:

