@@ -11,6 +11,7 @@ from pipeline.config import Config, ConfigError, load_config
 from pipeline.corpus import InputError
 from pipeline.distill import LabelDataError
 from pipeline.evaluate import GoldSetError
+from pipeline.rounds import StepFailed
 from pipeline.schemas import SchemaError
 
 SMOKE_ROOT = Path("runs/smoke")
@@ -62,10 +63,12 @@ def _config_job(argv, name: str, description: str, smoke_help: str, make_smoke, 
     from pipeline.smoke import SMOKE_WARNING
 
     parser = argparse.ArgumentParser(prog=f"raydistill {name}", description=description)
-    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("config", help="YAML config file (local path or s3:// URI)")
     parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one config value (YAML), e.g. --set distill.epochs=1; repeatable")
     args = parser.parse_args(argv)
-    config = load_config(args.config)
+    config = load_config(args.config, args.set)
     if args.smoke:
         print(f"!! {SMOKE_WARNING}", flush=True)
         config = make_smoke(config)
@@ -124,7 +127,52 @@ def predict_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"label": label_main, "distill": distill_main, "predict": predict_main}
+def smoke_rounds_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
+    """Rounds over the smoke labels with the tiny teacher and student (run `make smoke` first)."""
+    from pipeline.config import RoundsConfig
+
+    labels = (root / config.task.name / "labels").resolve()
+    if not (labels / "data").is_dir():
+        raise ConfigError(f"rounds --smoke: no smoke labels at {labels}; run `make smoke` first")
+    smoke = smoke_distill_config(smoke_config(config, root), root)
+    distill = dataclasses.replace(smoke.distill, epochs=1)
+    base = config.rounds or RoundsConfig(output="unused")
+    rounds = dataclasses.replace(base, output=str((root / config.task.name / "rounds").resolve()), rounds=2,
+                                 max_errors=64, examples_per_error=2, seed_synthesis=False)
+    return dataclasses.replace(smoke, distill=distill, rounds=rounds)
+
+
+def rounds_main(argv: list[str] | None = None) -> int:
+    from pipeline.rounds import run_rounds
+
+    return _config_job(
+        argv, "rounds", "Error-extrapolation rounds: each step a Ray job via the Jobs API (rounds.address).",
+        "two rounds over the smoke labels with the tiny random teacher and student (noise)",
+        smoke_rounds_config, lambda config, smoke: run_rounds(config), lambda state: f"rounds: {state['status']}",
+        lambda c: c.rounds.output,
+    )
+
+
+def round_step_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="raydistill round-step",
+                                     description="One synthesis step of a round (run as a Ray job by `rounds`).")
+    parser.add_argument("config", help="YAML config file (local path or s3:// URI)")
+    parser.add_argument("step", choices=["seed", "synthesize", "filter"])
+    parser.add_argument("--round", type=int, required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    args = parser.parse_args(argv)
+    from pipeline.round_steps import run_step
+
+    config = load_config(args.config, args.set)
+    if config.rounds is None:
+        raise ConfigError("rounds: this step needs the rounds section of the config")
+    report = run_step(config, args.step, args.round)
+    print({key: value for key, value in report.items() if key != "reasons"})
+    return 0
+
+
+COMMANDS = {"label": label_main, "distill": distill_main, "predict": predict_main, "rounds": rounds_main,
+            "round-step": round_step_main}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, InputError, SchemaError, LabelDataError, GoldSetError) as err:
+    except (ConfigError, InputError, SchemaError, LabelDataError, GoldSetError, StepFailed) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

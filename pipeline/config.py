@@ -11,7 +11,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 
@@ -100,6 +100,7 @@ class DistillConfig:
 
     output: str  # run folder: checkpoints, the exported model, the evaluation
     labels: Optional[str] = None  # the labelling job's output; default data.output
+    extra_labels: list[str] = dataclasses.field(default_factory=list)  # more labelled data, same schema
     mode: str = "cls"  # cls | rgr | kl
     min_consistency: Optional[float] = None  # default per mode: cls 1.0, rgr 0.625, kl 0.0
     validation: Optional[str] = None  # gold set (jsonl/parquet with text, label)
@@ -117,6 +118,27 @@ class DistillConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RoundsConfig:
+    """Error-extrapolation rounds (``raydistill rounds``): each step a Ray job."""
+
+    output: str  # local path or s3:// URI: manifest, per-round data and students, summary
+    address: Optional[str] = None  # Jobs API (http://head:8265); default $RAY_ADDRESS, else local
+    working_dir: Optional[str] = None  # uploaded with each job; default this project's root
+    rounds: int = 3  # error-extrapolation rounds after round 0
+    patience: int = 1  # stop after this many rounds without a better validation metric
+    metric: str = "accuracy"  # accuracy | macro_f1 on the gold validation set
+    examples_per_error: int = 4  # m new examples asked for per misclassified example
+    max_errors: Optional[int] = None  # at most this many errors per round (a stable sample)
+    seed_synthesis: bool = False  # round 0 trains on LLM-written examples, not on labelled data
+    reasons_per_label: int = 5  # seed synthesis: reasons asked for per label
+    seed_examples_per_label: int = 50  # seed synthesis: examples written per label
+    min_chars: int = 8  # filter: shortest usable example
+    max_chars: int = 1000  # filter: longest usable example
+    near_duplicate_threshold: float = 0.7  # filter: word 3-gram Jaccard counted as a duplicate
+    poll_seconds: float = 2.0  # how often job status is checked
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     task: TaskConfig
     teacher: TeacherConfig
@@ -124,18 +146,61 @@ class Config:
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
     student: Optional[StudentConfig] = None
     distill: Optional[DistillConfig] = None
+    rounds: Optional[RoundsConfig] = None
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read and validate a YAML config file (a local path or an s3:// URI).
+
+    ``overrides`` are ``key.path=value`` strings (value in YAML) applied before
+    validation, so a wrong key or value is reported like one in the file.
+    """
+    text = _read_config_text(str(path))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    return config_from_dict(raw if raw is not None else {})
+    raw = raw if raw is not None else {}
+    for override in overrides:
+        apply_override(raw, override)
+    return config_from_dict(raw)
+
+
+def _read_config_text(path: str) -> str:
+    if path.startswith("s3://"):
+        from pipeline import storage
+
+        fs, key = storage.resolve(path, StorageConfig())
+        if not storage.exists(fs, key):
+            raise ConfigError(f"config file not found: {path}")
+        with fs.open_input_stream(key) as stream:
+            return stream.read().decode("utf-8")
+    if not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    return Path(path).read_text(encoding="utf-8")
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in the raw config mapping; ``value`` is parsed as YAML."""
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r}: expected KEY.PATH=VALUE")
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(parts[:i + 1])} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: value is not valid YAML: {err}") from err
+
+
+def dump_config(config: Config) -> str:
+    """The config as YAML that :func:`load_config` reads back to an equal config."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
 
 
 def config_from_dict(raw: Any) -> Config:
@@ -245,6 +310,32 @@ def _check(config: Config) -> None:
         raise ConfigError("data.text_column: must differ from data.id_column")
     if config.distill is not None:
         _check_distill(config.distill)
+    if config.rounds is not None:
+        _check_rounds(config)
+
+
+def _check_rounds(config: Config) -> None:
+    rounds = config.rounds
+    if config.distill is None or config.student is None:
+        raise ConfigError("rounds: needs the distill and student sections (each round retrains the student)")
+    if not config.distill.validation:
+        raise ConfigError("distill.validation: rounds need a gold validation set (its errors drive each round)")
+    if rounds.metric not in ("accuracy", "macro_f1"):
+        raise ConfigError(f"rounds.metric: must be accuracy or macro_f1, got {rounds.metric!r}")
+    for key in ("patience", "examples_per_error", "reasons_per_label", "seed_examples_per_label", "min_chars"):
+        _positive(getattr(rounds, key), f"rounds.{key}")
+    if rounds.rounds < 0:
+        raise ConfigError(f"rounds.rounds: must be >= 0, got {rounds.rounds}")
+    if rounds.max_errors is not None:
+        _positive(rounds.max_errors, "rounds.max_errors")
+    if rounds.max_chars <= rounds.min_chars:
+        raise ConfigError(f"rounds.max_chars: must be > rounds.min_chars ({rounds.min_chars}), got {rounds.max_chars}")
+    if not 0 < rounds.near_duplicate_threshold <= 1:
+        raise ConfigError(
+            f"rounds.near_duplicate_threshold: must be in (0, 1], got {rounds.near_duplicate_threshold}"
+        )
+    if rounds.poll_seconds <= 0:
+        raise ConfigError(f"rounds.poll_seconds: must be > 0, got {rounds.poll_seconds}")
 
 
 def _check_distill(distill: DistillConfig) -> None:

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +27,7 @@ import pyarrow.fs as pafs
 
 from pipeline import schemas, storage
 from pipeline.config import Config, ConfigError, StudentConfig, to_dict
-from pipeline.evaluate import evaluate, format_evaluation, load_gold, write_evaluation
+from pipeline.evaluate import evaluate, format_evaluation, load_gold, predictions_table, write_evaluation
 from pipeline.selection import DEFAULT_MIN_CONSISTENCY, keep_mask, kept_at_thresholds
 
 TRAIN_COLUMNS = ["id", "text", "hard_label", "soft_label", "consistency", "n_valid"]
@@ -57,12 +58,11 @@ def run_distill(config: Config, *, smoke: bool = False, log: Callable[[str], Non
         for name, uri in (("validation", distill.validation), ("test", distill.test))
         if uri
     }
-    labels_fs, labels_root = storage.resolve(labels_uri, config.storage)
-    files = storage.list_files(labels_fs, storage.join(labels_root, "data"), (".parquet",))
-    if not files:
-        raise LabelDataError(f"distill.labels: no labelled parquet under {labels_uri}/data")
-    _check_label_manifest(labels_fs, labels_root, labels_uri, label_names)
-    scan = _scan_labelled(labels_fs, files, labels_uri, label_names, threshold, holdout=not gold.get("validation"))
+    sources = _label_sources(config, labels_uri, label_names)
+    scan = _merge_scans([
+        _scan_labelled(source.fs, source.files, source.uri, label_names, threshold, holdout=not gold.get("validation"))
+        for source in sources
+    ])
     if scan["train_rows"] == 0:
         raise LabelDataError(
             f"distill.min_consistency: no training rows left: {scan['rows']} labelled rows, "
@@ -80,9 +80,10 @@ def run_distill(config: Config, *, smoke: bool = False, log: Callable[[str], Non
     )
 
     _init_ray()
-    train = _train_dataset(labels_fs, files, label_names, threshold, student, holdout=not gold.get("validation"))
+    train = _train_dataset(sources, label_names, threshold, student, holdout=not gold.get("validation"))
     train_started = time.time()
-    result = _fit(config, train, scan["train_rows"], gold.get("validation"), out_fs, out_root)
+    run_id = uuid.uuid4().hex
+    result = _fit(config, train, scan["train_rows"], gold.get("validation"), out_fs, out_root, run_id)
     train_seconds = time.time() - train_started
 
     best, best_metrics = _best_checkpoint(result, bool(gold.get("validation")))
@@ -111,6 +112,7 @@ def run_distill(config: Config, *, smoke: bool = False, log: Callable[[str], Non
         pafs.copy_files(str(model_dir), model_uri, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=out_fs)
 
     epochs_run = len(history)
+    epochs_this_run = sum(1 for epoch in history if epoch.get("run_id") == run_id)
     report = {
         "job": "distill",
         "task": config.task.name,
@@ -133,7 +135,8 @@ def run_distill(config: Config, *, smoke: bool = False, log: Callable[[str], Non
         "time": {
             "wall_seconds": round(time.time() - started, 2),
             "train_seconds": round(train_seconds, 2),
-            "train_samples_per_second": round(scan["train_rows"] * epochs_run / train_seconds, 2),
+            "epochs_this_run": epochs_this_run,
+            "train_samples_per_second": round(scan["train_rows"] * epochs_this_run / train_seconds, 2),
         },
     }
     storage.write_json(out_fs, storage.join(out_root, "report.json"), report)
@@ -158,6 +161,7 @@ def _manifest(config: Config, threshold: float, labels_uri: str) -> dict[str, An
     return {
         "labels": config.task.label_names,
         "labelled_data": labels_uri,
+        "extra_labels": list(distill.extra_labels),
         "mode": distill.mode,
         "min_consistency": threshold,
         "student": dataclasses.asdict(student),
@@ -169,13 +173,46 @@ def _manifest(config: Config, threshold: float, labels_uri: str) -> dict[str, An
     }
 
 
-def _check_label_manifest(fs: Any, root: str, uri: str, label_names: list[str]) -> None:
+@dataclasses.dataclass(frozen=True)
+class LabelSource:
+    """One labelled dataset trained on: ``distill.labels`` or one of ``distill.extra_labels``."""
+
+    uri: str
+    fs: Any
+    files: list[str]
+
+
+def _label_sources(config: Config, labels_uri: str, label_names: list[str]) -> list[LabelSource]:
+    sources = []
+    for key, uri in [("distill.labels", labels_uri)] + [
+        (f"distill.extra_labels[{i}]", u) for i, u in enumerate(config.distill.extra_labels)
+    ]:
+        fs, root = storage.resolve(uri, config.storage)
+        files = storage.list_files(fs, storage.join(root, "data"), (".parquet",))
+        if not files:
+            raise LabelDataError(f"{key}: no labelled parquet under {uri}/data")
+        _check_label_manifest(fs, root, uri, label_names, key)
+        sources.append(LabelSource(uri, fs, files))
+    return sources
+
+
+def _merge_scans(scans: list[dict[str, Any]]) -> dict[str, Any]:
+    merged = {key: sum(scan[key] for scan in scans) for key in ("rows", "kept_at_threshold", "train_rows",
+                                                                 "holdout_rows")}
+    merged["kept_per_threshold"] = {
+        threshold: sum(scan["kept_per_threshold"][threshold] for scan in scans)
+        for threshold in scans[0]["kept_per_threshold"]
+    }
+    return merged
+
+
+def _check_label_manifest(fs: Any, root: str, uri: str, label_names: list[str], key: str) -> None:
     path = storage.join(root, "manifest.json")
     if storage.exists(fs, path):
         labels = storage.read_json(fs, path).get("labels")
         if labels != label_names:
             raise LabelDataError(
-                f"distill.labels: {uri} was labelled with labels {labels}, the config has {label_names} "
+                f"{key}: {uri} was labelled with labels {labels}, the config has {label_names} "
                 "(soft labels follow that order)"
             )
 
@@ -250,10 +287,11 @@ class _Encoder:
         }
 
 
-def _train_dataset(fs, files, label_names, threshold, student, holdout) -> Any:
+def _train_dataset(sources: list[LabelSource], label_names, threshold, student, holdout) -> Any:
     import ray.data
 
-    ds = ray.data.read_parquet(files, filesystem=fs).select_columns(TRAIN_COLUMNS)
+    parts = [ray.data.read_parquet(s.files, filesystem=s.fs).select_columns(TRAIN_COLUMNS) for s in sources]
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     encoded = ds.map_batches(
         _Encoder,
         fn_constructor_kwargs={"student": student, "label_names": label_names, "threshold": threshold,
@@ -266,7 +304,7 @@ def _train_dataset(fs, files, label_names, threshold, student, holdout) -> Any:
     return encoded.materialize()
 
 
-def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root: str) -> Any:
+def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root: str, run_id: str) -> Any:
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -286,6 +324,7 @@ def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root:
         "gradient_accumulation": distill.gradient_accumulation,
         "use_gpu": distill.use_gpu,
         "seed": distill.seed,
+        "run_id": run_id,
         "train_rows": train_rows,
         "validation": {"texts": validation[0], "labels": validation[1]} if validation else None,
     }
@@ -337,9 +376,9 @@ def _evaluate_all(config, model_dir: Path, gold, scan, out_fs, out_root, log) ->
     for name, (texts, labels) in sets.items():
         if not texts:
             continue
-        report = evaluate(model, tokenizer, texts, labels, label_names, config.student.max_length,
-                          distill.target_precision)
-        write_evaluation(out_fs, folder, name, report)
+        report, probabilities = evaluate(model, tokenizer, texts, labels, label_names,
+                                         config.student.max_length, distill.target_precision)
+        write_evaluation(out_fs, folder, name, report, predictions_table(texts, labels, probabilities, label_names))
         log(format_evaluation(name, report))
         reports[name] = report
     return reports
@@ -349,10 +388,11 @@ def _teacher_holdout(config: Config) -> tuple[list[str], list[int]]:
     """The held-out rows with the teacher's hard label as the reference, read file by file."""
     import pyarrow.parquet as pq
 
-    fs, root = storage.resolve(config.distill.labels or config.data.output, config.storage)
-    index = {name: i for i, name in enumerate(config.task.label_names)}
+    label_names = config.task.label_names
+    index = {name: i for i, name in enumerate(label_names)}
     texts, labels = [], []
-    for file in storage.list_files(fs, storage.join(root, "data"), (".parquet",)):
+    sources = _label_sources(config, config.distill.labels or config.data.output, label_names)
+    for fs, file in ((source.fs, file) for source in sources for file in source.files):
         ids = pq.read_table(file, filesystem=fs, columns=["id"]).column("id").to_pylist()
         held = holdout_mask(ids)
         if not held.any():

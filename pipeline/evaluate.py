@@ -7,6 +7,7 @@ import json
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
@@ -56,16 +57,41 @@ def load_gold(uri: str, label_names: Sequence[str], key: str, storage_config: St
 def evaluate(
     model: Any, tokenizer: Any, texts: list[str], labels: list[int], label_names: Sequence[str],
     max_length: int, target_precision: float,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The metrics report and the predicted probabilities (one row per text)."""
     from pipeline.student import predict_proba
 
     probabilities = predict_proba(model, tokenizer, texts, max_length)
-    return classification_report(np.array(labels), probabilities, label_names, target_precision)
+    return classification_report(np.array(labels), probabilities, label_names, target_precision), probabilities
 
 
-def write_evaluation(fs: Any, folder: str, name: str, report: dict[str, Any]) -> None:
-    """``<name>.json`` plus ``<name>_confusion.png`` and ``<name>_pr.png`` under ``folder``."""
+PREDICTIONS = pa.schema([
+    pa.field("row", pa.int64(), nullable=False),  # 1-based row of the gold set, as in its error messages
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("label", pa.string(), nullable=False),  # gold
+    pa.field("predicted", pa.string(), nullable=False),
+    pa.field("confidence", pa.float64(), nullable=False),  # probability of the predicted label
+])
+
+
+def predictions_table(texts: list[str], labels: list[int], probabilities: np.ndarray,
+                      label_names: Sequence[str]) -> pa.Table:
+    predicted = probabilities.argmax(axis=1) if len(texts) else np.zeros(0, dtype=int)
+    return pa.Table.from_pydict({
+        "row": list(range(1, len(texts) + 1)),
+        "text": texts,
+        "label": [label_names[i] for i in labels],
+        "predicted": [label_names[i] for i in predicted],
+        "confidence": probabilities.max(axis=1).astype(float).tolist() if len(texts) else [],
+    }, schema=PREDICTIONS)
+
+
+def write_evaluation(fs: Any, folder: str, name: str, report: dict[str, Any], predictions: pa.Table) -> None:
+    """``<name>.json``, ``<name>_predictions.parquet`` (one row per example, for error
+    analysis and the error-extrapolation rounds), ``<name>_confusion.png`` and
+    ``<name>_pr.png`` under ``folder``."""
     storage.write_json(fs, storage.join(folder, f"{name}.json"), report)
+    storage.write_parquet_atomic(fs, storage.join(folder, f"{name}_predictions.parquet"), predictions)
     storage.write_bytes_atomic(fs, storage.join(folder, f"{name}_confusion.png"), _confusion_png(report))
     storage.write_bytes_atomic(fs, storage.join(folder, f"{name}_pr.png"), _pr_png(report))
 

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from pipeline import prompts, reports, storage
 from pipeline.config import Config, ConfigError
 from pipeline.corpus import open_corpus, read_corpus
-from pipeline.teacher import PromptRenderer, TeacherLabeler
+from pipeline.teacher import PromptRenderer, TeacherLabeler, engine_pool_options
 
 DUPLICATE_ID = "duplicate id"
 
@@ -231,15 +231,10 @@ def _label(
             keep = pc.and_(keep, pc.invert(pc.fill_null(pc.is_in(batch.column("id"), value_set=committed), False)))
         return batch.filter(keep).select(["id", "text"])
 
-    teacher = config.teacher
     summaries = rows.map_batches(pending, batch_format="pyarrow").map_batches(
         TeacherLabeler,
         fn_constructor_kwargs={"config": config, "data_fs": out.fs, "data_path": out.data},
-        batch_size=teacher.batch_size,
-        batch_format="pyarrow",
-        concurrency=teacher.num_actors,
-        num_gpus=teacher.gpus_per_actor,
-        num_cpus=teacher.cpus_per_actor,
+        **engine_pool_options(config.teacher),
     )
     progress = Progress(todo, log)
     for batch in summaries.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -25,11 +25,17 @@ def is_s3(uri: str) -> bool:
 
 
 def resolve(uri: str, storage: StorageConfig) -> tuple[pafs.FileSystem, str]:
-    """The filesystem for ``uri`` and the path to use with it."""
+    """The filesystem for ``uri`` and the path to use with it.
+
+    The S3 endpoint is ``storage.endpoint_url``, else ``$AWS_ENDPOINT_URL``,
+    else AWS.
+    """
     if is_s3(uri):
         kwargs: dict[str, Any] = {}
-        if storage.endpoint_url:
-            scheme, _, host = storage.endpoint_url.partition("://")
+        # AWS_ENDPOINT_URL is the AWS SDKs' own variable (boto3 reads it too).
+        endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
             kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
         if storage.region:
             kwargs["region"] = storage.region

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,10 +38,15 @@ def load_student(model: str, label_names: Sequence[str]) -> tuple[Any, Any]:
     return tokenizer, classifier
 
 
-def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
-    encoded = tokenizer(
-        texts, max_length=max_length, truncation=True, padding="max_length", return_tensors="np"
-    )
+def tokenize(tokenizer: Any, texts: list[str], max_length: int, pad_to_max: bool = True) -> dict[str, np.ndarray]:
+    """Token ids and attention mask, truncated to ``max_length``.
+
+    Training pads every row to ``max_length`` (Ray Data needs one shape per
+    column); inference pads a batch only to its longest text, since padded
+    positions are masked out and only cost time.
+    """
+    padding = "max_length" if pad_to_max else "longest"
+    encoded = tokenizer(texts, max_length=max_length, truncation=True, padding=padding, return_tensors="np")
     return {"input_ids": encoded["input_ids"].astype(np.int64),
             "attention_mask": encoded["attention_mask"].astype(np.int64)}
 
@@ -52,7 +58,7 @@ def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int,
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenize(tokenizer, texts[start:start + batch_size], max_length)
+        batch = tokenize(tokenizer, texts[start:start + batch_size], max_length, pad_to_max=False)
         logits = model(**{k: torch.from_numpy(v).to(device) for k, v in batch.items()}).logits
         out.append(logits.float().softmax(dim=-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.num_labels))
@@ -96,6 +102,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
 
     for epoch in range(start_epoch, cfg["epochs"]):
+        epoch_started = time.perf_counter()
         model.train()
         loss_sum, batches = torch.zeros((), device=device), 0
         for step, batch in enumerate(shard.iter_torch_batches(batch_size=cfg["batch_size"], device=device)):
@@ -110,7 +117,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         if batches % cfg["gradient_accumulation"]:
             _optimizer_step(model, optimizer, scheduler)  # the epoch's last, partial accumulation
         mean_loss = _all_reduce_mean(loss_sum / max(batches, 1), world)
-        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": mean_loss}
+        # run_id tells this job's epochs from those restored out of a checkpoint.
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": mean_loss, "run_id": cfg["run_id"],
+                                   "epoch_seconds": time.perf_counter() - epoch_started}
         if rank == 0 and cfg["validation"]:
             texts, labels = cfg["validation"]["texts"], cfg["validation"]["labels"]
             probs = predict_proba(_unwrap(model), tokenizer, texts, cfg["max_length"])

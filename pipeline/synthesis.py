@@ -15,6 +15,8 @@ answer is dropped (empty, the instruction echoed, another label announced).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Sequence
 
@@ -104,3 +106,11 @@ def parse_examples(
         else Candidate(text, label)
         for text in texts
     ]
+
+
+def prompt_hash(task: TaskConfig) -> str:
+    """Fingerprint of the synthesis prompts (stored on every synthetic row, like the labelling prompt's)."""
+    templates = [reasons_messages(task, "{label}", 0), example_messages(task, "{label}", "{reason}"),
+                 extrapolation_messages(task, "{text}", "{label}", 0)]
+    blob = json.dumps(templates, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]

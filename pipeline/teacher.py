@@ -17,8 +17,34 @@ import pyarrow as pa
 
 from pipeline import prompts, schemas, storage
 from pipeline.answers import parse_answer
-from pipeline.config import ABSTAIN, Config, ConfigError, TaskConfig
+from pipeline.config import ABSTAIN, Config, ConfigError, TaskConfig, TeacherConfig
 from pipeline.votes import aggregate_votes
+
+def make_engine(teacher: TeacherConfig) -> Any:
+    """The teacher's vLLM engine, built from its config (labelling and synthesis share it)."""
+    from vllm import LLM
+
+    return LLM(
+        model=teacher.model,
+        tensor_parallel_size=teacher.tensor_parallel_size,
+        gpu_memory_utilization=teacher.gpu_memory_utilization,
+        max_model_len=teacher.max_model_len,
+        enable_prefix_caching=teacher.enable_prefix_caching,
+        seed=teacher.seed,
+        dtype=teacher.dtype,
+    )
+
+
+def engine_pool_options(teacher: TeacherConfig) -> dict[str, Any]:
+    """``map_batches`` options for a pool of teacher actors, one engine each."""
+    return {
+        "batch_size": teacher.batch_size,
+        "batch_format": "pyarrow",
+        "concurrency": teacher.num_actors,
+        "num_gpus": teacher.gpus_per_actor,
+        "num_cpus": teacher.cpus_per_actor,
+    }
+
 
 class PromptRenderer:
     """Renders the teacher's chat prompt as token ids, truncating long texts.
@@ -103,22 +129,12 @@ class TeacherLabeler:
     """Ray Data actor: owns one vLLM engine and commits labelled shards."""
 
     def __init__(self, config: Config, data_fs: Any, data_path: str):
-        from vllm import LLM
-
         teacher = config.teacher
         self.config = config
         self.label_names = config.task.label_names
         self.prompt_hash = prompts.prompt_hash(config.task)
         self.data_fs, self.data_path = data_fs, data_path
-        self.llm = LLM(
-            model=teacher.model,
-            tensor_parallel_size=teacher.tensor_parallel_size,
-            gpu_memory_utilization=teacher.gpu_memory_utilization,
-            max_model_len=teacher.max_model_len,
-            enable_prefix_caching=teacher.enable_prefix_caching,
-            seed=teacher.seed,
-            dtype=teacher.dtype,
-        )
+        self.llm = make_engine(teacher)
         self.renderer = PromptRenderer(
             self.llm.get_tokenizer(), config.task, teacher.max_model_len, teacher.max_tokens
         )

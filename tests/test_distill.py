@@ -123,6 +123,7 @@ def test_training_resumes_from_the_latest_checkpoint(distill_config, ray_cluster
     second = run_distill(distill_config(epochs=2), log=lambda _: None)
     assert len(first["history"]) == 1 and len(second["history"]) == 2
     assert second["history"][0] == first["history"][0]  # epoch 0 was loaded, not trained again
+    assert first["time"]["epochs_this_run"] == 1 and second["time"]["epochs_this_run"] == 1
 
 
 @pytest.mark.slow

@@ -1,0 +1,325 @@
+"""The synthesis steps of the error-extrapolation rounds, each run as its own Ray job.
+
+Layout under ``rounds.output`` (local or s3://)::
+
+    config.yaml, manifest.json        the run's config and state (pipeline.rounds)
+    seed/                             optional seed synthesis: a labelled dataset
+        data/part-*.parquet           (schemas.LABELLED), manifest.json, report.json,
+        candidates.parquet            every parsed answer, kept or not, with the reason
+    rounds/<r>/errors.parquet         round r: the previous student's validation errors
+    rounds/<r>/extra/candidates.parquet   the teacher's answers, parsed (synthesize step)
+    rounds/<r>/extra/data/*.parquet   the filtered new examples (filter step), manifest.json,
+    rounds/<r>/extra/report.json      counts per filter
+    rounds/<r>/student/               the distillation job's output for round r
+
+Synthetic rows follow the labelling job's schema (one vote, a one-hot soft
+label, consistency 1), so the distillation job trains on them unchanged.
+Each step writes its report last: a step without its report did not finish
+and is run again from the start, replacing its partial outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import schemas, storage, synthesis
+from pipeline.config import Config, TaskConfig
+from pipeline.evaluate import load_gold
+from pipeline.filters import Candidate, filter_candidates
+from pipeline.generate import generate, request
+
+CANDIDATES = pa.schema([
+    pa.field("request_id", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),  # what the example was written from
+    pa.field("text", pa.string()),
+    pa.field("label", pa.string(), nullable=False),
+    pa.field("problem", pa.string()),  # set when the answer held no usable example
+    pa.field("prompt_tokens", pa.int64(), nullable=False),  # of the request it came from
+    pa.field("completion_tokens", pa.int64(), nullable=False),
+])
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundsLayout:
+    fs: Any
+    root: str
+    uri: str  # rounds.output as given (what jobs and the manifest name)
+
+    @classmethod
+    def of(cls, config: Config) -> "RoundsLayout":
+        fs, root = storage.resolve(config.rounds.output, config.storage)
+        return cls(fs, root, config.rounds.output.rstrip("/"))
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    def uri_of(self, *parts: str) -> str:
+        return "/".join([self.uri, *parts])
+
+    def round_dir(self, r: int, *parts: str) -> tuple[str, ...]:
+        return ("rounds", str(r), *parts)
+
+
+def base_labels_uri(config: Config) -> str:
+    """Round 0's training data: the seed synthesis output, or the labelling job's output."""
+    if config.rounds.seed_synthesis:
+        return RoundsLayout.of(config).uri_of("seed")
+    return config.distill.labels or config.data.output
+
+
+def extra_uri(config: Config, r: int) -> str:
+    layout = RoundsLayout.of(config)
+    return layout.uri_of(*layout.round_dir(r, "extra"))
+
+
+def student_uri(config: Config, r: int) -> str:
+    layout = RoundsLayout.of(config)
+    return layout.uri_of(*layout.round_dir(r, "student"))
+
+
+def evaluation_texts(config: Config) -> list[str]:
+    """Validation and test texts: no new example may be a near copy of one."""
+    texts: list[str] = []
+    for key, uri in (("distill.validation", config.distill.validation), ("distill.test", config.distill.test)):
+        if uri:
+            texts += load_gold(uri, config.task.label_names, key, config.storage)[0]
+    return texts
+
+
+def run_step(config: Config, step: str, r: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+    steps = {"seed": run_seed, "synthesize": run_synthesize, "filter": run_filter}
+    if step not in steps:
+        raise ValueError(f"unknown round step {step!r}; known: {sorted(steps)}")
+    return steps[step](config, r, log)
+
+
+# -- seed synthesis: explain, then generate ---------------------------------------------------------
+
+
+def run_seed(config: Config, r: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Reasons per label, then examples each written for one reason; filtered and stored as labels."""
+    started = time.time()
+    rounds, task = config.rounds, config.task
+    layout = RoundsLayout.of(config)
+    storage.delete_dir(layout.fs, layout.path("seed"))
+    _init_ray()
+
+    asked = [request(f"reasons/{label}", synthesis.reasons_messages(task, label, rounds.reasons_per_label))
+             for label in task.label_names]
+    answers = generate(config, asked, log, "seed: reasons")
+    reasons: dict[str, list[str]] = {}
+    without_reasons = []
+    for label, completions in zip(task.label_names, answers.column("completions").to_pylist()):
+        found = synthesis.parse_reasons(completions[0] if completions else "", rounds.reasons_per_label)
+        if not found:  # fall back to the label's own description, and say so in the report
+            without_reasons.append(label)
+            found = [next(item.description for item in task.labels if item.name == label)]
+        reasons[label] = found
+
+    asked, sources = [], {}
+    for label in task.label_names:
+        for j in range(rounds.seed_examples_per_label):
+            reason = reasons[label][j % len(reasons[label])]
+            request_id = f"seed/{label}/{j}"
+            asked.append(request(request_id, synthesis.example_messages(task, label, reason)))
+            sources[request_id] = (label, f"reason: {reason}")
+    answers = generate(config, asked, log, "seed: examples")
+    candidates = _parse(config, answers, sources, limit=1)
+    report = _filter_and_write(config, layout, ("seed",), candidates, training_texts=[], id_prefix="seed")
+    report.update({
+        "step": "seed",
+        "reasons": reasons,
+        "labels_without_reasons": without_reasons,
+        "requests": len(asked) + len(task.label_names),
+        "wall_seconds": round(time.time() - started, 2),
+    })
+    storage.write_json(layout.fs, layout.path("seed", "report.json"), report)
+    return report
+
+
+# -- a round: errors -> new examples -> filter -------------------------------------------------------
+
+
+def run_synthesize(config: Config, r: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The previous round's validation errors, and m new examples like each, from the teacher."""
+    started = time.time()
+    rounds, task = config.rounds, config.task
+    layout = RoundsLayout.of(config)
+    extra = layout.round_dir(r, "extra")
+    storage.delete_dir(layout.fs, layout.path(*extra))
+
+    errors = validation_errors(config, r - 1)
+    if rounds.max_errors is not None and errors.num_rows > rounds.max_errors:
+        errors = errors.take(pa.array(_stable_sample(errors.column("row").to_pylist(), rounds.max_errors, r)))
+    storage.write_parquet_atomic(layout.fs, layout.path(*layout.round_dir(r, "errors.parquet")), errors)
+    log(f"[round {r}] {errors.num_rows} validation errors of round {r - 1}'s student to extrapolate from")
+
+    asked, sources = [], {}
+    for row in errors.to_pylist():
+        request_id = f"round{r}/row{row['row']}"
+        text = row["text"][: rounds.max_chars]
+        asked.append(request(request_id, synthesis.extrapolation_messages(task, text, row["label"],
+                                                                          rounds.examples_per_error)))
+        sources[request_id] = (row["label"], f"validation row {row['row']} (predicted {row['predicted']})")
+    _init_ray()
+    answers = generate(config, asked, log, f"round {r}: synthesize")
+    candidates = _parse(config, answers, sources, limit=rounds.examples_per_error)
+    storage.write_parquet_atomic(layout.fs, layout.path(*extra, "candidates.parquet"), candidates)
+    report = {
+        "step": "synthesize",
+        "round": r,
+        "errors": errors.num_rows,
+        "requests": len(asked),
+        "candidates": candidates.num_rows,
+        "unusable": _count(candidates.column("problem")),
+        "prompt_tokens": int(pc.sum(answers.column("prompt_tokens")).as_py() or 0),
+        "completion_tokens": int(pc.sum(answers.column("completion_tokens")).as_py() or 0),
+        "wall_seconds": round(time.time() - started, 2),
+    }
+    storage.write_json(layout.fs, layout.path(*extra, "synthesis.json"), report)
+    return report
+
+
+def run_filter(config: Config, r: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Keep the usable, new, non-leaking candidates of round r as a labelled dataset."""
+    started = time.time()
+    layout = RoundsLayout.of(config)
+    extra = layout.round_dir(r, "extra")
+    for partial in ("data", "manifest.json", "report.json"):
+        path = layout.path(*extra, partial)
+        if partial == "data":
+            storage.delete_dir(layout.fs, path)
+        elif storage.exists(layout.fs, path):
+            layout.fs.delete_file(path)
+    candidates = storage.read_parquet(layout.fs, layout.path(*extra, "candidates.parquet"))
+    training = training_texts(config, r)
+    log(f"[round {r}] filtering {candidates.num_rows} candidates against {len(training)} training texts")
+    report = _filter_and_write(config, layout, extra, candidates, training, id_prefix=f"r{r}")
+    report.update({"step": "filter", "round": r, "wall_seconds": round(time.time() - started, 2)})
+    storage.write_json(layout.fs, layout.path(*extra, "report.json"), report)
+    log(f"[round {r}] kept {report['kept']} of {report['candidates']}; dropped {report['dropped']}")
+    return report
+
+
+def validation_errors(config: Config, r: int) -> pa.Table:
+    """Rows of the gold validation set that round r's student got wrong."""
+    fs, root = storage.resolve(student_uri(config, r), config.storage)
+    predictions = storage.read_parquet(fs, storage.join(root, "evaluation", "validation_predictions.parquet"))
+    return predictions.filter(pc.not_equal(predictions.column("label"), predictions.column("predicted")))
+
+
+def training_texts(config: Config, r: int) -> list[str]:
+    """Texts of round r's training data before its new examples: round 0's data and earlier extras."""
+    uris = [base_labels_uri(config)] + [extra_uri(config, q) for q in range(1, r)]
+    texts: list[str] = []
+    for uri in uris:
+        fs, root = storage.resolve(uri, config.storage)
+        if storage.list_files(fs, storage.join(root, "data"), (".parquet",)):
+            texts += storage.read_parquet(fs, storage.join(root, "data"), columns=["text"]).column("text").to_pylist()
+    return texts
+
+
+def _parse(config: Config, answers: pa.Table, sources: dict[str, tuple[str, str]], limit: int) -> pa.Table:
+    """One candidate row per example found in each completion (at most ``limit`` per request)."""
+    label_names = config.task.label_names
+    snippets = [config.task.instruction, "Write one realistic text", "A classifier got this text wrong"]
+    rows = []
+    for answer in answers.to_pylist():
+        label, source = sources[answer["request_id"]]
+        tokens = {"prompt_tokens": answer["prompt_tokens"], "completion_tokens": answer["completion_tokens"]}
+        if answer["problem"]:
+            parsed = [Candidate(None, label, problem=answer["problem"])]
+        else:
+            parsed = [c for completion in answer["completions"]
+                      for c in synthesis.parse_examples(completion, label, label_names, snippets)]
+            usable = [c for c in parsed if c.problem is None][:limit]
+            parsed = usable or parsed[:1]  # nothing usable: keep one row with the reason
+        rows += [{"request_id": answer["request_id"], "source": source, "text": c.text, "label": c.label,
+                  "problem": c.problem, **tokens} for c in parsed]
+    return pa.Table.from_pylist(rows, schema=CANDIDATES)
+
+
+def _filter_and_write(
+    config: Config, layout: RoundsLayout, folder: tuple[str, ...], candidates: pa.Table,
+    training_texts: list[str], id_prefix: str,
+) -> dict[str, Any]:
+    rounds, label_names = config.rounds, config.task.label_names
+    rows = candidates.to_pylist()
+    parsed = [Candidate(row["text"], row["label"], row["problem"]) for row in rows]
+    kept, dropped = filter_candidates(
+        parsed, label_names, training_texts, evaluation_texts(config), min_chars=rounds.min_chars,
+        max_chars=rounds.max_chars, threshold=rounds.near_duplicate_threshold,
+    )
+    kept_ids = {id(c) for c in kept}
+    kept_rows = [row for row, c in zip(rows, parsed) if id(c) in kept_ids]
+    if folder == ("seed",):
+        storage.write_parquet_atomic(layout.fs, layout.path("seed", "candidates.parquet"), candidates)
+    if kept_rows:
+        table = labelled_rows(kept_rows, config.task, config.teacher.model, id_prefix)
+        storage.write_parquet_atomic(layout.fs, layout.path(*folder, "data", _part_name(table)), table)
+    storage.write_json(layout.fs, layout.path(*folder, "manifest.json"),
+                       {"labels": label_names, "synthetic": True, "teacher_model": config.teacher.model})
+    distribution = {name: 0 for name in label_names}
+    for row in kept_rows:
+        distribution[row["label"]] += 1
+    return {
+        "candidates": len(rows),
+        "kept": len(kept_rows),
+        "dropped": dropped,
+        "label_distribution": distribution,
+    }
+
+
+def labelled_rows(rows: list[dict[str, Any]], task: TaskConfig, teacher_model: str, id_prefix: str) -> pa.Table:
+    """Synthetic examples in the labelling job's schema: one vote for the intended label."""
+    label_names = task.label_names
+    one_hot = {name: [1.0 if other == name else 0.0 for other in label_names] for name in label_names}
+    prompt_hash = synthesis.prompt_hash(task)
+    return pa.Table.from_pydict({
+        "id": [f"{id_prefix}-{hashlib.sha256(row['text'].encode()).hexdigest()[:20]}" for row in rows],
+        "text": [row["text"] for row in rows],
+        "votes": [[row["label"]] for row in rows],
+        "hard_label": [row["label"] for row in rows],
+        "soft_label": [one_hot[row["label"]] for row in rows],
+        "consistency": [1.0] * len(rows),
+        "n_valid": [1] * len(rows),
+        "rationale": [f"synthetic, from {row['source']}" for row in rows],
+        "prompt_tokens": [row["prompt_tokens"] for row in rows],
+        "completion_tokens": [row["completion_tokens"] for row in rows],
+        "truncated": [False] * len(rows),
+        "teacher_model": [teacher_model] * len(rows),
+        "prompt_hash": [prompt_hash] * len(rows),
+    }, schema=schemas.LABELLED)
+
+
+def _part_name(table: pa.Table) -> str:
+    digest = hashlib.sha256("\n".join(table.column("id").to_pylist()).encode()).hexdigest()[:24]
+    return f"part-{digest}.parquet"
+
+
+def _stable_sample(rows: list[int], k: int, r: int) -> list[int]:
+    """Positions of k rows chosen by a seeded shuffle: the same errors on every rerun of round r."""
+    order = np.random.default_rng(r).permutation(len(rows))
+    return sorted(order[:k].tolist())
+
+
+def _count(column: pa.ChunkedArray) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in column.to_pylist():
+        if value is not None:
+            counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+def _init_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)

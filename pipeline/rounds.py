@@ -1,0 +1,441 @@
+"""Error-extrapolation rounds (S3, "Synthesis Step by Step"), each step a Ray job.
+
+Round 0 trains the student on the labelling job's output (or on seed
+synthesis). Round r >= 1: the teacher writes ``rounds.examples_per_error``
+new examples like each validation example round r-1's student got wrong
+(``synthesize``), they are filtered (``filter``), merged with all earlier
+training data and the student is retrained and evaluated (``train``, the
+distillation job unchanged). The rounds stop after ``rounds.rounds`` or once
+the validation metric has not improved for ``rounds.patience`` rounds; the
+best round's student is copied to ``<rounds.output>/model``.
+
+Every step is submitted through Ray's Jobs API (``JobSubmissionClient``) to
+``rounds.address``. The orchestrator itself only submits, waits and records:
+``manifest.json`` (written atomically) holds each step's status, job id,
+outputs and metrics. A step is recorded as submitted *before* it is
+submitted, under a submission id fixed by the run, round, step and attempt,
+so an orchestrator killed at any point and started again finds the step's
+job (still running: it waits; succeeded: it records it; failed or lost: it
+submits the next attempt) and never runs a finished step twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pyarrow.fs as pafs
+
+from pipeline import storage
+from pipeline.config import Config, ConfigError, dump_config
+from pipeline.evaluate import load_gold
+from pipeline.round_steps import RoundsLayout, base_labels_uri, extra_uri, student_uri, validation_errors
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+LOG_TAIL_LINES = 40
+SUBMIT_RETRY_SECONDS = 120
+_PROGRESS = re.compile(r"^\[(label|distill|round \d+|seed|rounds)[\]:]|^(distillation report|  (rows|epochs|time|validation|test) )")
+EXIT_AFTER_ENV = "RAYDISTILL_ROUNDS_EXIT_AFTER"  # test hook: "<round>/<step>" -> exit right after it
+
+
+class StepFailed(RuntimeError):
+    """A round's step ran as a Ray job and failed; the message names it and holds its log tail."""
+
+
+def run_rounds(config: Config, *, log: Callable[[str], None] = print, client: Any = None) -> dict[str, Any]:
+    """Run (or continue) the rounds of ``config.rounds``; returns the summary."""
+    if config.rounds is None:
+        raise ConfigError("rounds: this job needs the rounds section of the config")
+    config = absolute_paths(config)
+    preflight(config)
+    layout = RoundsLayout.of(config)
+    manifest = Manifest.open(layout, config)
+    client = client or job_client(config.rounds.address)
+    runner = _Runner(config, layout, manifest, client, log)
+    return runner.run()
+
+
+def absolute_paths(config: Config) -> Config:
+    """Local paths made absolute: the jobs run in a copy of the working dir, not where we stand."""
+    import dataclasses
+
+    def fix(path: Optional[str], must_exist: bool = False) -> Optional[str]:
+        if path is None or storage.is_s3(path) or (must_exist and not Path(path).exists()):
+            return path  # s3://, or a model hub name
+        return str(Path(path).resolve())
+
+    teacher = dataclasses.replace(config.teacher, model=fix(config.teacher.model, must_exist=True))
+    data = dataclasses.replace(config.data, input=fix(config.data.input), output=fix(config.data.output))
+    student = dataclasses.replace(config.student, model=fix(config.student.model, must_exist=True))
+    distill = config.distill
+    distill = dataclasses.replace(
+        distill, output=fix(distill.output), labels=fix(distill.labels), validation=fix(distill.validation),
+        test=fix(distill.test), extra_labels=[fix(p) for p in distill.extra_labels],
+    )
+    rounds = dataclasses.replace(config.rounds, output=fix(config.rounds.output),
+                                 working_dir=fix(config.rounds.working_dir))
+    return dataclasses.replace(config, teacher=teacher, data=data, student=student, distill=distill, rounds=rounds)
+
+
+def preflight(config: Config) -> None:
+    """Everything checkable before any job is submitted: gold sets, round-0 data, the job files."""
+    label_names = config.task.label_names
+    load_gold(config.distill.validation, label_names, "distill.validation", config.storage)
+    if config.distill.test:
+        load_gold(config.distill.test, label_names, "distill.test", config.storage)
+    if not config.rounds.seed_synthesis:
+        uri = base_labels_uri(config)
+        fs, root = storage.resolve(uri, config.storage)
+        if not storage.list_files(fs, storage.join(root, "data"), (".parquet",)):
+            raise ConfigError(
+                f"distill.labels: no labelled parquet under {uri}/data for round 0; run the labelling job "
+                "first or set rounds.seed_synthesis: true"
+            )
+    working_dir = Path(config.rounds.working_dir or PROJECT_ROOT)
+    if not (working_dir / "ray_jobs" / "round_step.py").is_file():
+        raise ConfigError(f"rounds.working_dir: {working_dir} does not hold ray_jobs/round_step.py")
+
+
+def job_client(address: Optional[str]) -> Any:
+    """A Jobs API client for ``address``, else $RAY_ADDRESS, else the local head's default."""
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    _use_ray_auth_token()
+    return JobSubmissionClient(address)
+
+
+def _use_ray_auth_token() -> None:
+    """Send Ray's auth token when one exists (``ray start`` enables token auth once a token is
+    there), as the ``ray job`` CLI does; RAY_AUTH_MODE set by the user wins."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+class Manifest:
+    """The run's state in ``<rounds.output>/manifest.json``; every change is written at once, atomically."""
+
+    def __init__(self, layout: RoundsLayout, state: dict[str, Any]):
+        self.layout, self.state = layout, state
+
+    @classmethod
+    def open(cls, layout: RoundsLayout, config: Config) -> "Manifest":
+        path = layout.path("manifest.json")
+        fingerprint = config_fingerprint(config)
+        if storage.exists(layout.fs, path):
+            state = storage.read_json(layout.fs, path)
+            if state.get("config_fingerprint") != fingerprint:
+                raise ConfigError(
+                    f"rounds.output: {layout.uri} holds rounds run with another config "
+                    f"(see {layout.uri}/config.yaml); use a new rounds.output or the same config"
+                )
+            return cls(layout, state)
+        state = {
+            "run_id": uuid.uuid4().hex[:10],
+            "config_fingerprint": fingerprint,
+            "config": layout.uri_of("config.yaml"),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "status": "running",
+            "steps": {},
+            "rounds": {},
+        }
+        storage.write_bytes_atomic(layout.fs, layout.path("config.yaml"), dump_config(config).encode("utf-8"))
+        manifest = cls(layout, state)
+        manifest.save()
+        return manifest
+
+    def save(self) -> None:
+        storage.write_json(self.layout.fs, self.layout.path("manifest.json"), self.state)
+
+    def step(self, r: int, name: str) -> Optional[dict[str, Any]]:
+        return self.state["steps"].get(f"{r}/{name}")
+
+    def set_step(self, r: int, name: str, record: dict[str, Any]) -> None:
+        self.state["steps"][f"{r}/{name}"] = record
+        self.save()
+
+
+def config_fingerprint(config: Config) -> str:
+    """What must not change between a run and its restart: everything but where and how often we ask."""
+    import dataclasses
+
+    import yaml
+
+    rounds = dataclasses.replace(config.rounds, address=None, working_dir=None, poll_seconds=1.0)
+    text = dump_config(dataclasses.replace(config, rounds=rounds))
+    return hashlib.sha256(yaml.safe_dump(yaml.safe_load(text), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Runner:
+    def __init__(self, config: Config, layout: RoundsLayout, manifest: Manifest, client: Any,
+                 log: Callable[[str], None]):
+        self.config, self.layout, self.manifest, self.client, self.log = config, layout, manifest, client, log
+        self.rounds = config.rounds
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = time.time()
+        state = self.manifest.state
+        state["status"] = "running"
+        self.manifest.save()
+        self.log(f"[rounds] run {state['run_id']} in {self.layout.uri}, Jobs API at {_address(self.client)}")
+        try:
+            if self.rounds.seed_synthesis:
+                self._step(0, "seed", self._step_entrypoint("seed", 0))
+            self._train(0)
+            stop = None
+            for r in range(1, self.rounds.rounds + 1):
+                stop = self._stop_reason(r)
+                if stop:
+                    break
+                self._step(r, "synthesize", self._step_entrypoint("synthesize", r))
+                self._step(r, "filter", self._step_entrypoint("filter", r))
+                added = self._read_report(extra_uri(self.config, r), "report.json")["kept"]
+                if added == 0:
+                    stop = f"round {r}'s filtered synthesis added no examples"
+                    self._record_round(r, added=0, trained=False)
+                    break
+                self._train(r)
+            else:
+                stop = f"ran all {self.rounds.rounds} rounds"
+        except StepFailed:
+            state["status"] = "failed"
+            self.manifest.save()
+            raise
+        state["stop_reason"] = stop
+        self._finish(time.time() - started)
+        return state
+
+    def _stop_reason(self, r: int) -> Optional[str]:
+        trained = [int(q) for q, info in self.manifest.state["rounds"].items() if info.get("trained")]
+        best = self.manifest.state.get("best")
+        last = max(trained)
+        if best and last - best["round"] >= self.rounds.patience:
+            return (f"validation {self.rounds.metric} has not improved for {last - best['round']} round(s) "
+                    f"(rounds.patience={self.rounds.patience})")
+        if validation_errors(self.config, last).num_rows == 0:
+            return f"round {last}'s student makes no validation errors"
+        return None
+
+    def _train(self, r: int) -> None:
+        data = [base_labels_uri(self.config)] + [
+            extra_uri(self.config, q) for q in range(1, r + 1)
+            if self._read_report(extra_uri(self.config, q), "report.json")["kept"] > 0
+        ]
+        overrides = [f"distill.labels={data[0]}", f"distill.extra_labels={_yaml_list(data[1:])}",
+                     f"distill.output={student_uri(self.config, r)}"]
+        self._step(r, "train", self._entrypoint("ray_jobs/distill.py", overrides))
+        added = 0 if r == 0 else self._read_report(extra_uri(self.config, r), "report.json")["kept"]
+        self._record_round(r, added=added, trained=True, data=data)
+
+    def _record_round(self, r: int, added: int, trained: bool, data: Optional[list[str]] = None) -> None:
+        info: dict[str, Any] = {"added": added, "trained": trained}
+        if r == 0 and self.rounds.seed_synthesis:
+            info["added"] = self._read_report(self.layout.uri_of("seed"), "report.json")["kept"]
+        if trained:
+            report = self._read_report(student_uri(self.config, r), "report.json")
+            info.update({
+                "train_data": data,
+                "train_rows": report["rows"]["train"],
+                "model": report["model"],
+                "evaluation": report["evaluation"],
+                "best_epoch": report["best_epoch"],
+            })
+            score = report["evaluation"]["validation"][self.rounds.metric]
+            best = self.manifest.state.get("best")
+            if best is None or score > best["score"]:
+                self.manifest.state["best"] = {"round": r, "score": score, "model": report["model"]}
+            self.log(f"[rounds] round {r}: {info['train_rows']} train rows (+{info['added']}), validation "
+                     f"{self.rounds.metric} {score:.4f}; best so far round {self.manifest.state['best']['round']}")
+        self.manifest.state["rounds"][str(r)] = info
+        self.manifest.save()
+
+    # -- one step = one Ray job -----------------------------------------------------------------------
+
+    def _entrypoint(self, script: str, args: list[str]) -> str:
+        config_uri = self.layout.uri_of("config.yaml")
+        sets = " ".join(f"--set {shlex.quote(a)}" for a in args)
+        return f"python {script} {shlex.quote(config_uri)} {sets}".strip()
+
+    def _step_entrypoint(self, step: str, r: int) -> str:
+        config_uri = self.layout.uri_of("config.yaml")
+        return f"python ray_jobs/round_step.py {shlex.quote(config_uri)} {step} --round {r}"
+
+    def _step(self, r: int, name: str, entrypoint: str) -> None:
+        record = self.manifest.step(r, name)
+        if record and record["status"] == "succeeded":
+            self.log(f"[rounds] round {r} {name}: done earlier (job {record['submission_id']})")
+            return
+        if record and record["status"] == "submitted":
+            status = self._job_status(record["submission_id"])
+            if status in ("PENDING", "RUNNING", "SUCCEEDED"):
+                self.log(f"[rounds] round {r} {name}: found its job {record['submission_id']} ({status})")
+                return self._wait(r, name, record)
+            self.log(f"[rounds] round {r} {name}: its job {record['submission_id']} is {status or 'lost'}; "
+                     "submitting it again")
+        attempt = record["attempt"] + 1 if record else 0
+        submission_id = f"raydistill-{self.manifest.state['run_id']}-r{r}-{name}-a{attempt}"
+        record = {"status": "submitted", "submission_id": submission_id, "attempt": attempt,
+                  "entrypoint": entrypoint, "submitted_at": time.time()}
+        self.manifest.set_step(r, name, record)  # recorded before it exists: a restart looks for it
+        self._submit(entrypoint, submission_id, {"raydistill_run": self.manifest.state["run_id"],
+                                                 "round": str(r), "step": name})
+        self.log(f"[rounds] round {r} {name}: submitted job {submission_id}")
+        self._wait(r, name, record)
+
+    def _submit(self, entrypoint: str, submission_id: str, metadata: dict[str, str]) -> None:
+        """Submit, retrying while the head's job agent is not up yet (just after `ray start`)."""
+        deadline = time.time() + SUBMIT_RETRY_SECONDS
+        while True:
+            try:
+                self.client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                                       runtime_env=self._runtime_env(), metadata=metadata)
+                return
+            except RuntimeError as err:
+                if "already exists" in str(err):  # an earlier try went through after all
+                    return
+                if "No available agent" not in str(err) or time.time() > deadline:
+                    raise
+                self.log(f"[rounds] the cluster's job agent is not ready; retrying ({err})")
+                time.sleep(2)
+
+    def _wait(self, r: int, name: str, record: dict[str, Any]) -> None:
+        submission_id, shown = record["submission_id"], 0
+        while True:
+            status = self._job_status(submission_id)
+            logs = self._logs(submission_id)
+            for line in logs.splitlines()[shown:]:
+                if _PROGRESS.match(line):  # the jobs' own progress lines; the full log stays with Ray
+                    self.log(f"  | {line}")
+            shown = len(logs.splitlines())
+            if status in ("SUCCEEDED", "FAILED", "STOPPED", None):
+                break
+            time.sleep(self.rounds.poll_seconds)
+        record = {**record, "finished_at": time.time(), "job_status": status}
+        record["seconds"] = round(record["finished_at"] - record["submitted_at"], 1)
+        if status != "SUCCEEDED":
+            tail = "\n".join(logs.splitlines()[-LOG_TAIL_LINES:])
+            record.update(status="failed", log_tail=tail)
+            self.manifest.set_step(r, name, record)
+            raise StepFailed(
+                f"round {r} step {name!r} failed: Ray job {submission_id} ended {status or 'unknown to the cluster'}"
+                f"\n--- last {LOG_TAIL_LINES} log lines ---\n{tail}"
+            )
+        record["status"] = "succeeded"
+        self.manifest.set_step(r, name, record)
+        self.log(f"[rounds] round {r} {name}: succeeded in {record['seconds']}s")
+        if os.environ.get(EXIT_AFTER_ENV) == f"{r}/{name}":
+            os._exit(75)  # test hook: die like a killed process, without cleaning up
+
+    def _job_status(self, submission_id: str) -> Optional[str]:
+        try:
+            return str(self.client.get_job_status(submission_id).value)
+        except RuntimeError:  # unknown to the cluster (e.g. the cluster was restarted)
+            return None
+
+    def _logs(self, submission_id: str) -> str:
+        try:
+            return self.client.get_job_logs(submission_id)
+        except RuntimeError:
+            return ""
+
+    def _runtime_env(self) -> dict[str, Any]:
+        env_vars = {"TOKENIZERS_PARALLELISM": "false"}
+        if self.config.storage.endpoint_url:
+            env_vars["AWS_ENDPOINT_URL"] = self.config.storage.endpoint_url  # the job reads config.yaml there
+        return {"working_dir": str(self.rounds.working_dir or PROJECT_ROOT), "env_vars": env_vars}
+
+    def _read_report(self, uri: str, name: str) -> dict[str, Any]:
+        fs, root = storage.resolve(uri, self.config.storage)
+        return storage.read_json(fs, storage.join(root, name))
+
+    # -- the end ------------------------------------------------------------------------------------
+
+    def _finish(self, seconds: float) -> None:
+        state = self.manifest.state
+        best = state["best"]
+        model_uri = self.layout.uri_of("model")
+        src_fs, src = storage.resolve(best["model"], self.config.storage)
+        storage.delete_dir(self.layout.fs, self.layout.path("model"))
+        pafs.copy_files(src, self.layout.path("model"), source_filesystem=src_fs, destination_filesystem=self.layout.fs)
+        state["model"] = model_uri
+        table = summary_table(state, self.rounds.metric)
+        storage.write_bytes_atomic(self.layout.fs, self.layout.path("summary.md"), table.encode("utf-8"))
+        storage.write_bytes_atomic(self.layout.fs, self.layout.path("metrics.png"), metrics_png(state, self.rounds.metric))
+        state["status"] = "finished"
+        state["orchestrator_seconds_last_run"] = round(seconds, 1)
+        self.manifest.save()
+        self.log(table)
+        self.log(f"[rounds] stopped: {state['stop_reason']}; best round {best['round']} "
+                 f"(validation {self.rounds.metric} {best['score']:.4f}) -> {model_uri}")
+        self.log(f"[rounds] summary: {self.layout.uri_of('summary.md')}, plot: {self.layout.uri_of('metrics.png')}")
+
+
+def _yaml_list(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+def _address(client: Any) -> str:
+    return getattr(client, "_address", "?")
+
+
+def summary_table(state: dict[str, Any], metric: str) -> str:
+    """Markdown: per round, rows added and trained on, validation and test metrics, job time."""
+    lines = [
+        "| round | added | train rows | val accuracy | val macro-F1 | test accuracy | test macro-F1 | job seconds |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    best = state.get("best", {}).get("round")
+    for r in sorted(state["rounds"], key=int):
+        info = state["rounds"][r]
+        seconds = sum(s.get("seconds", 0) for key, s in state["steps"].items() if key.split("/")[0] == r)
+        evaluation = info.get("evaluation", {})
+        cells = [f"{r}{' (best)' if int(r) == best else ''}", str(info["added"]), str(info.get("train_rows", "-"))]
+        for name in ("validation", "test"):
+            scores = evaluation.get(name)
+            cells += [f"{scores['accuracy']:.4f}", f"{scores['macro_f1']:.4f}"] if scores else ["-", "-"]
+        cells.append(f"{seconds:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def metrics_png(state: dict[str, Any], metric: str) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = sorted((int(r), info) for r, info in state["rounds"].items() if info.get("trained"))
+    xs = [r for r, _ in rounds]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in ("validation", "test"):
+        ys = [info["evaluation"][name][metric] for _, info in rounds if name in info["evaluation"]]
+        if len(ys) == len(xs):
+            ax.plot(xs, ys, marker="o", label=f"{name} {metric}")
+    ax.set_xlabel("round")
+    ax.set_ylabel(metric)
+    ax.set_xticks(xs)
+    ax.legend(loc="lower left")
+    added = ax.twinx()
+    added.bar(xs, [info["added"] for _, info in rounds], alpha=0.2, color="grey")
+    added.set_ylabel("examples added")
+    ax.set_title("error-extrapolation rounds")
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,212 @@
+"""Error-extrapolation rounds: every step a Ray job submitted to a local Ray head, data in S3 (moto).
+
+The head is started by the test (`ray start --head`) with its own dashboard,
+so the Jobs API is the real one; the jobs run the real vLLM engine (tiny
+random teacher) and Ray Train (tiny random BERT).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pytest
+import yaml
+
+from pipeline import storage
+from pipeline.config import ConfigError, DistillConfig, config_from_dict, RoundsConfig, StorageConfig, StudentConfig, to_dict
+from pipeline.evaluate import GoldSetError
+from pipeline.rounds import EXIT_AFTER_ENV, job_client, run_rounds
+from tests.conftest import LABELS, _free_port
+from tests.test_distill import labelled_rows, tiny_student, write_gold, write_labelled  # noqa: F401
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head with the Jobs API, as `ray start --head` gives on a cluster. Yields its address."""
+    temp = tmp_path_factory.mktemp("ray-head")
+    port, dashboard = _free_port(), _free_port()
+    # Every port of its own, so it can run beside other Ray instances on the machine.
+    ports = [f"--{name}={_free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+        "node-manager-port", "object-manager-port", "ray-client-server-port")]
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        started = subprocess.run(
+            ["ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
+             "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4", f"--temp-dir={temp}",
+             "--disable-usage-stats", *ports],
+            env=env, capture_output=True, text=True,
+        )
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        yield f"http://127.0.0.1:{dashboard}"
+    finally:
+        # Stop only this head's processes: `ray stop` would also stop other Ray instances.
+        for signal in ("-TERM", "-KILL"):  # Ray's processes may ignore SIGTERM while shutting down
+            subprocess.run(["pkill", signal, "-f", "--", str(temp)], check=False)
+            subprocess.run(["pkill", signal, "-f", "--", f"gcs-address=[0-9.]*:{port}"], check=False)
+            time.sleep(3)
+
+
+def _s3(endpoint: str, bucket: str):
+    return storage.resolve(f"s3://{bucket}", StorageConfig(endpoint_url=endpoint))[0]
+
+
+def _upload(fs, local: Path, key: str) -> str:
+    pafs.copy_files(str(local), key, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    return f"s3://{key}"
+
+
+@pytest.fixture
+def rounds_config(tmp_path, make_config, tiny_student, s3_endpoint, s3_bucket, ray_head):  # noqa: F811
+    """Round-0 labels, gold validation/test sets and the rounds output, all in S3."""
+    fs = _s3(s3_endpoint, s3_bucket)
+    labels = write_labelled(tmp_path / "labels", labelled_rows(120))
+    labels_uri = _upload(fs, labels, f"{s3_bucket}/labels")
+    validation = _upload(fs, write_gold(tmp_path / "validation.jsonl", 30, seed=2), f"{s3_bucket}/gold/validation.jsonl")
+    test = _upload(fs, write_gold(tmp_path / "test.jsonl", 30, seed=3), f"{s3_bucket}/gold/test.jsonl")
+
+    def make(**rounds):
+        config = make_config(labels_uri, labels_uri, storage={"endpoint_url": s3_endpoint},
+                             teacher={"max_tokens": 48, "samples": 1})
+        distill = DistillConfig(output="unused", labels=labels_uri, validation=validation, test=test, epochs=1,
+                                batch_size=16, learning_rate=1e-3, num_workers=2)
+        settings = {"output": f"s3://{s3_bucket}/rounds", "address": ray_head, "rounds": 2, "patience": 5,
+                    "examples_per_error": 2, "max_errors": 6, "min_chars": 4, "poll_seconds": 0.5, **rounds}
+        return dataclasses.replace(config, student=StudentConfig(model=str(tiny_student), max_length=24),
+                                   distill=distill, rounds=RoundsConfig(**settings))
+
+    make.fs = fs
+    make.bucket = s3_bucket
+    return make
+
+
+def _run_cli(config, tmp_path, env_extra=None) -> subprocess.CompletedProcess:
+    path = tmp_path / "rounds.yaml"
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "rounds", str(path)], env=env,
+                          capture_output=True, text=True, timeout=1500)
+
+
+@pytest.mark.slow
+def test_two_rounds_survive_a_kill_after_synthesis(rounds_config, tmp_path):
+    config = rounds_config()
+    fs, bucket = rounds_config.fs, rounds_config.bucket
+    killed = _run_cli(config, tmp_path, {EXIT_AFTER_ENV: "1/synthesize"})
+    assert killed.returncode == 75, killed.stdout[-3000:] + killed.stderr[-3000:]
+    manifest = storage.read_json(fs, f"{bucket}/rounds/manifest.json")
+    assert manifest["status"] == "running"
+    assert manifest["steps"]["1/synthesize"]["status"] == "succeeded"
+    assert "1/filter" not in manifest["steps"]
+    candidates_before = storage.read_parquet(fs, f"{bucket}/rounds/rounds/1/extra/candidates.parquet")
+
+    finished = _run_cli(config, tmp_path)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert "round 1 synthesize: done earlier" in finished.stdout
+
+    manifest = storage.read_json(fs, f"{bucket}/rounds/manifest.json")
+    assert manifest["status"] == "finished"
+    # One job per step, each submitted once: the restart reused round 0 and round 1's synthesis.
+    expected_steps = {"0/train", "1/synthesize", "1/filter", "1/train", "2/synthesize", "2/filter", "2/train"}
+    if manifest["stop_reason"] != "ran all 2 rounds":  # allowed: no examples survived round 2's filter
+        expected_steps = {s for s in expected_steps if not s.startswith("2/") or s != "2/train"}
+    assert set(manifest["steps"]) == expected_steps
+    assert all(step["attempt"] == 0 and step["status"] == "succeeded" for step in manifest["steps"].values())
+    jobs = [j for j in job_client(config.rounds.address).list_jobs()
+            if (j.metadata or {}).get("raydistill_run") == manifest["run_id"]]
+    assert sorted(j.submission_id for j in jobs) == sorted(s["submission_id"] for s in manifest["steps"].values())
+    # The killed run's candidates were not regenerated.
+    after = storage.read_parquet(fs, f"{bucket}/rounds/rounds/1/extra/candidates.parquet")
+    assert after.equals(candidates_before)
+
+    # Row counts: each round trains on round 0 plus every filtered extra so far, no row twice.
+    base_rows = 120  # labelled_rows: 70% unanimous rows pass the cls filter (consistency 1.0)
+    base_kept = sum(1 for row in labelled_rows(120) if row["consistency"] == 1.0)
+    for r in (1, 2):
+        report = storage.read_json(fs, f"{bucket}/rounds/rounds/{r}/extra/report.json")
+        synthesis = storage.read_json(fs, f"{bucket}/rounds/rounds/{r}/extra/synthesis.json")
+        assert report["candidates"] == synthesis["candidates"] == report["kept"] + sum(report["dropped"].values())
+        errors = storage.read_parquet(fs, f"{bucket}/rounds/rounds/{r}/errors.parquet")
+        assert errors.num_rows == synthesis["errors"] <= 6
+        assert pc.all(pc.not_equal(errors.column("label"), errors.column("predicted"))).as_py()
+        if report["kept"]:
+            extra = storage.read_parquet(fs, f"{bucket}/rounds/rounds/{r}/extra/data")
+            assert extra.num_rows == report["kept"] == manifest["rounds"][str(r)]["added"]
+            assert set(extra.column("hard_label").to_pylist()) <= set(LABELS)
+    added = 0
+    for r in sorted(manifest["rounds"], key=int):
+        info = manifest["rounds"][r]
+        added += info["added"]
+        if info["trained"]:
+            assert info["train_rows"] == base_kept + added, (r, info)
+            assert set(info["evaluation"]) == {"validation", "test"}
+            student = storage.read_json(fs, f"{bucket}/rounds/rounds/{r}/student/report.json")
+            assert student["rows"]["labelled"] == base_rows + added
+    best = manifest["best"]
+    assert best["score"] == max(i["evaluation"]["validation"]["accuracy"]
+                                for i in manifest["rounds"].values() if i["trained"])
+    for name in ("summary.md", "metrics.png", "model/config.json", "model/raydistill.json", "config.yaml"):
+        assert storage.exists(fs, f"{bucket}/rounds/{name}"), name
+    summary = fs.open_input_stream(f"{bucket}/rounds/summary.md").read().decode()
+    assert len([line for line in summary.splitlines() if line.startswith("| ") and line[2].isdigit()]) == len(
+        manifest["rounds"])
+
+
+@pytest.mark.slow
+def test_a_failing_step_is_reported_with_its_log_and_the_manifest_stays_readable(rounds_config, tmp_path):
+    config = rounds_config()
+    broken = dataclasses.replace(config, student=dataclasses.replace(config.student, model=str(tmp_path / "none")))
+    with pytest.raises(Exception) as failure:
+        run_rounds(broken, log=lambda _: None)
+    message = str(failure.value)
+    assert "round 0 step 'train' failed" in message and "FAILED" in message
+    assert "last 40 log lines" in message and str(tmp_path / "none") in message
+    fs, bucket = rounds_config.fs, rounds_config.bucket
+    manifest = storage.read_json(fs, f"{bucket}/rounds/manifest.json")
+    assert manifest["status"] == "failed"
+    assert manifest["steps"]["0/train"]["status"] == "failed"
+    assert manifest["steps"]["0/train"]["log_tail"]
+
+
+def test_bad_gold_sets_fail_before_any_job(tmp_path, make_config, tiny_student):  # noqa: F811
+    labels = write_labelled(tmp_path / "labels", labelled_rows(12))
+
+    class NoJobs:
+        def submit_job(self, **_):
+            raise AssertionError("a job was submitted")
+
+    def config(validation):
+        base = make_config(str(labels), str(labels))
+        return dataclasses.replace(
+            base, student=StudentConfig(model=str(tiny_student)),
+            distill=DistillConfig(output=str(tmp_path / "s"), validation=validation),
+            rounds=RoundsConfig(output=str(tmp_path / "rounds")),
+        )
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text(json.dumps({"id": "v1", "text": "fine", "label": "great"}) + "\n")
+    cases = [
+        (str(tmp_path / "missing.jsonl"), "distill.validation: no jsonl or parquet files at"),
+        (str(empty), "is empty"),
+        (str(unknown), "row 1 (id 'v1') has label 'great', not one of the config's labels"),
+    ]
+    for validation, message in cases:
+        with pytest.raises(GoldSetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            run_rounds(config(validation), log=lambda _: None, client=NoJobs())
+    assert not (tmp_path / "rounds").exists()
+    raw = to_dict(config(str(unknown)))
+    raw["distill"]["validation"] = None
+    with pytest.raises(ConfigError, match="distill.validation: rounds need a gold validation set"):
+        config_from_dict(raw)
