@@ -188,7 +188,9 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     parts = key.strip().split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
+        child = node.get(part)
+        if child is None:  # an absent or null section
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {'.'.join(parts[:i + 1])} is not a section")
         node = child

@@ -41,7 +41,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOG_TAIL_LINES = 40
 SUBMIT_RETRY_SECONDS = 120
 _PROGRESS = re.compile(r"^\[(label|distill|round \d+|seed|rounds)[\]:]|^(distillation report|  (rows|epochs|time|validation|test) )")
-EXIT_AFTER_ENV = "RAYDISTILL_ROUNDS_EXIT_AFTER"  # test hook: "<round>/<step>" -> exit right after it
+EXIT_AFTER_ENV = "RAYDISTILL_ROUNDS_EXIT_AFTER"  # test hook, see _exit_if_asked
 
 
 class StepFailed(RuntimeError):
@@ -293,6 +293,7 @@ class _Runner:
         self._submit(entrypoint, submission_id, {"raydistill_run": self.manifest.state["run_id"],
                                                  "round": str(r), "step": name})
         self.log(f"[rounds] round {r} {name}: submitted job {submission_id}")
+        _exit_if_asked(f"{r}/{name}:submitted")
         self._wait(r, name, record)
 
     def _submit(self, entrypoint: str, submission_id: str, metadata: dict[str, str]) -> None:
@@ -336,8 +337,7 @@ class _Runner:
         record["status"] = "succeeded"
         self.manifest.set_step(r, name, record)
         self.log(f"[rounds] round {r} {name}: succeeded in {record['seconds']}s")
-        if os.environ.get(EXIT_AFTER_ENV) == f"{r}/{name}":
-            os._exit(75)  # test hook: die like a killed process, without cleaning up
+        _exit_if_asked(f"{r}/{name}")
 
     def _job_status(self, submission_id: str) -> Optional[str]:
         try:
@@ -381,6 +381,12 @@ class _Runner:
         self.log(f"[rounds] stopped: {state['stop_reason']}; best round {best['round']} "
                  f"(validation {self.rounds.metric} {best['score']:.4f}) -> {model_uri}")
         self.log(f"[rounds] summary: {self.layout.uri_of('summary.md')}, plot: {self.layout.uri_of('metrics.png')}")
+
+
+def _exit_if_asked(point: str) -> None:
+    """Test hook: $RAYDISTILL_ROUNDS_EXIT_AFTER=<round>/<step>[:submitted] dies like a killed process there."""
+    if os.environ.get(EXIT_AFTER_ENV) == point:
+        os._exit(75)
 
 
 def _yaml_list(items: list[str]) -> str:

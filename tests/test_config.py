@@ -90,3 +90,31 @@ def test_labels_that_normalise_alike_are_rejected():
 def test_load_config_reports_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_validated_like_the_file(tmp_path):
+    from pipeline.config import dump_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(config_from_dict(BASE)))
+    config = load_config(path, ["teacher.samples=3", 'distill.extra_labels=["a", "b"]', "distill.output=o"])
+    assert config.teacher.samples == 3 and config.distill.extra_labels == ["a", "b"]
+    assert load_config(path) == config_from_dict(BASE)  # dump_config reads back to an equal config
+    with pytest.raises(ConfigError, match="teacher.sampels: unknown key"):
+        load_config(path, ["teacher.sampels=3"])
+    with pytest.raises(ConfigError, match="teacher.samples: expected int, got str 'many'"):
+        load_config(path, ["teacher.samples=many"])
+    with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
+        load_config(path, ["teacher.samples"])
+
+
+def test_rounds_need_a_student_and_a_gold_validation_set():
+    raw = copy.deepcopy(BASE)
+    raw["rounds"] = {"output": "r"}
+    with pytest.raises(ConfigError, match="rounds: needs the distill and student sections"):
+        config_from_dict(raw)
+    raw.update(student={"model": "s"}, distill={"output": "d", "validation": "v.jsonl"})
+    assert config_from_dict(raw).rounds.examples_per_error == 4
+    raw["rounds"]["metric"] = "recall"
+    with pytest.raises(ConfigError, match="rounds.metric: must be accuracy or macro_f1, got 'recall'"):
+        config_from_dict(raw)
