@@ -137,8 +137,9 @@ def smoke_rounds_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
     smoke = smoke_distill_config(smoke_config(config, root), root)
     distill = dataclasses.replace(smoke.distill, epochs=1)
     base = config.rounds or RoundsConfig(output="unused")
-    rounds = dataclasses.replace(base, output=str((root / config.task.name / "rounds").resolve()), rounds=2,
-                                 max_errors=64, examples_per_error=2, seed_synthesis=False)
+    output = root / config.task.name / f"rounds-{base.strategy}"
+    rounds = dataclasses.replace(base, output=str(output.resolve()), rounds=2, max_errors=64, examples_per_error=2,
+                                 mix_per_class=8, seed_synthesis=False)
     return dataclasses.replace(smoke, distill=distill, rounds=rounds)
 
 
@@ -146,7 +147,8 @@ def rounds_main(argv: list[str] | None = None) -> int:
     from pipeline.rounds import run_rounds
 
     return _config_job(
-        argv, "rounds", "Error-extrapolation rounds: each step a Ray job via the Jobs API (rounds.address).",
+        argv, "rounds", "Student-teacher rounds (rounds.strategy: extrapolation or promptmix): each step a Ray job "
+        "via the Jobs API (rounds.address).",
         "two rounds over the smoke labels with the tiny random teacher and student (noise)",
         smoke_rounds_config, lambda config, smoke: run_rounds(config), lambda state: f"rounds: {state['status']}",
         lambda c: c.rounds.output,
@@ -157,7 +159,7 @@ def round_step_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raydistill round-step",
                                      description="One synthesis step of a round (run as a Ray job by `rounds`).")
     parser.add_argument("config", help="YAML config file (local path or s3:// URI)")
-    parser.add_argument("step", choices=["seed", "synthesize", "filter"])
+    parser.add_argument("step", choices=["seed", "synthesize", "mix", "filter"])
     parser.add_argument("--round", type=int, required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     args = parser.parse_args(argv)

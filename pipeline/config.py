@@ -119,12 +119,18 @@ class DistillConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RoundsConfig:
-    """Error-extrapolation rounds (``raydistill rounds``): each step a Ray job."""
+    """Student-teacher rounds (``raydistill rounds``): each step a Ray job.
+
+    ``strategy`` picks what a round asks the teacher for: ``extrapolation``
+    (S3: examples like the student's validation errors) or ``promptmix``
+    (PromptMix: examples mixing two classes, relabelled by the labelling job).
+    """
 
     output: str  # local path or s3:// URI: manifest, per-round data and students, summary
     address: Optional[str] = None  # Jobs API (http://head:8265); default $RAY_ADDRESS, else local
     working_dir: Optional[str] = None  # uploaded with each job; default this project's root
-    rounds: int = 3  # error-extrapolation rounds after round 0
+    strategy: str = "extrapolation"  # extrapolation | promptmix
+    rounds: int = 3  # rounds after round 0
     patience: int = 1  # stop after this many rounds without a better validation metric
     metric: str = "accuracy"  # accuracy | macro_f1 on the gold validation set
     examples_per_error: int = 4  # m new examples asked for per misclassified example
@@ -132,6 +138,11 @@ class RoundsConfig:
     seed_synthesis: bool = False  # round 0 trains on LLM-written examples, not on labelled data
     reasons_per_label: int = 5  # seed synthesis: reasons asked for per label
     seed_examples_per_label: int = 50  # seed synthesis: examples written per label
+    mix_per_class: int = 20  # promptmix: examples asked for per class and round
+    mix_per_request: int = 4  # promptmix: examples asked for in one request
+    mix_alpha_min: float = 0.5  # promptmix: share of the intended class, drawn uniformly per request
+    mix_alpha_max: float = 0.9
+    compare_without_relabelling: bool = True  # promptmix: also train on the intended labels, to compare
     min_chars: int = 8  # filter: shortest usable example
     max_chars: int = 1000  # filter: longest usable example
     near_duplicate_threshold: float = 0.7  # filter: word 3-gram Jaccard counted as a duplicate
@@ -322,9 +333,17 @@ def _check_rounds(config: Config) -> None:
         raise ConfigError("rounds: needs the distill and student sections (each round retrains the student)")
     if not config.distill.validation:
         raise ConfigError("distill.validation: rounds need a gold validation set (its errors drive each round)")
+    if rounds.strategy not in ("extrapolation", "promptmix"):
+        raise ConfigError(f"rounds.strategy: must be extrapolation or promptmix, got {rounds.strategy!r}")
+    if not 0.5 <= rounds.mix_alpha_min <= rounds.mix_alpha_max <= 1:
+        raise ConfigError(
+            "rounds.mix_alpha_min, rounds.mix_alpha_max: need 0.5 <= min <= max <= 1 (the intended class "
+            f"must stay the larger part), got {rounds.mix_alpha_min} and {rounds.mix_alpha_max}"
+        )
     if rounds.metric not in ("accuracy", "macro_f1"):
         raise ConfigError(f"rounds.metric: must be accuracy or macro_f1, got {rounds.metric!r}")
-    for key in ("patience", "examples_per_error", "reasons_per_label", "seed_examples_per_label", "min_chars"):
+    for key in ("patience", "examples_per_error", "reasons_per_label", "seed_examples_per_label", "min_chars",
+                "mix_per_class", "mix_per_request"):
         _positive(getattr(rounds, key), f"rounds.{key}")
     if rounds.rounds < 0:
         raise ConfigError(f"rounds.rounds: must be >= 0, got {rounds.rounds}")

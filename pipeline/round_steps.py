@@ -1,4 +1,4 @@
-"""The synthesis steps of the error-extrapolation rounds, each run as its own Ray job.
+"""The synthesis steps of the rounds (error extrapolation, PromptMix), each run as its own Ray job.
 
 Layout under ``rounds.output`` (local or s3://)::
 
@@ -7,10 +7,13 @@ Layout under ``rounds.output`` (local or s3://)::
         data/part-*.parquet           (schemas.LABELLED), manifest.json, report.json,
         candidates.parquet            every parsed answer, kept or not, with the reason
     rounds/<r>/errors.parquet         round r: the previous student's validation errors
-    rounds/<r>/extra/candidates.parquet   the teacher's answers, parsed (synthesize step)
+    rounds/<r>/extra/candidates.parquet   the teacher's answers, parsed (synthesize or mix step)
     rounds/<r>/extra/data/*.parquet   the filtered new examples (filter step), manifest.json,
     rounds/<r>/extra/report.json      counts per filter
+    rounds/<r>/relabelled/            PromptMix: the labelling job's output on extra/data,
+    rounds/<r>/relabel.json           and how its labels differ from the intended ones
     rounds/<r>/student/               the distillation job's output for round r
+    rounds/<r>/student-intended/      PromptMix: the same, trained on the intended labels
 
 Synthetic rows follow the labelling job's schema (one vote, a one-hot soft
 label, consistency 1), so the distillation job trains on them unchanged.
@@ -79,9 +82,49 @@ def extra_uri(config: Config, r: int) -> str:
     return layout.uri_of(*layout.round_dir(r, "extra"))
 
 
-def student_uri(config: Config, r: int) -> str:
+def student_uri(config: Config, r: int, arm: str = "") -> str:
+    """Round r's student; ``arm="intended"``: the PromptMix comparison trained without relabelling."""
     layout = RoundsLayout.of(config)
-    return layout.uri_of(*layout.round_dir(r, "student"))
+    return layout.uri_of(*layout.round_dir(r, f"student-{arm}" if arm else "student"))
+
+
+def relabelled_uri(config: Config, r: int) -> str:
+    """PromptMix: the labelling job's output on round r's filtered examples."""
+    layout = RoundsLayout.of(config)
+    return layout.uri_of(*layout.round_dir(r, "relabelled"))
+
+
+def round_data_uri(config: Config, r: int) -> str:
+    """What round r adds to the training data: the relabelled examples under PromptMix, else the extras."""
+    return relabelled_uri(config, r) if config.rounds.strategy == "promptmix" else extra_uri(config, r)
+
+
+def relabel_report(config: Config, r: int) -> dict[str, Any]:
+    """How the labelling job's labels compare with the labels the examples were written for."""
+    intended_fs, intended_root = storage.resolve(extra_uri(config, r), config.storage)
+    intended = storage.read_parquet(intended_fs, storage.join(intended_root, "data"), columns=["id", "hard_label"])
+    fs, root = storage.resolve(relabelled_uri(config, r), config.storage)
+    relabelled = storage.read_parquet(fs, storage.join(root, "data"), columns=["id", "hard_label", "n_valid"])
+    wanted = dict(zip(intended.column("id").to_pylist(), intended.column("hard_label").to_pylist()))
+    changed, unchanged, abstained, moves = 0, 0, 0, {}
+    for row in relabelled.to_pylist():
+        if not row["n_valid"]:
+            abstained += 1
+        elif row["hard_label"] == wanted[row["id"]]:
+            unchanged += 1
+        else:
+            changed += 1
+            move = f"{wanted[row['id']]} -> {row['hard_label']}"
+            moves[move] = moves.get(move, 0) + 1
+    return {
+        "examples": intended.num_rows,
+        "labelled": relabelled.num_rows,
+        "quarantined": intended.num_rows - relabelled.num_rows,
+        "relabelled": changed,
+        "unchanged": unchanged,
+        "abstained": abstained,
+        "changes": dict(sorted(moves.items())),
+    }
 
 
 def evaluation_texts(config: Config) -> list[str]:
@@ -94,7 +137,7 @@ def evaluation_texts(config: Config) -> list[str]:
 
 
 def run_step(config: Config, step: str, r: int, log: Callable[[str], None] = print) -> dict[str, Any]:
-    steps = {"seed": run_seed, "synthesize": run_synthesize, "filter": run_filter}
+    steps = {"seed": run_seed, "synthesize": run_synthesize, "mix": run_mix, "filter": run_filter}
     if step not in steps:
         raise ValueError(f"unknown round step {step!r}; known: {sorted(steps)}")
     return steps[step](config, r, log)
@@ -152,8 +195,7 @@ def run_synthesize(config: Config, r: int, log: Callable[[str], None]) -> dict[s
     started = time.time()
     rounds, task = config.rounds, config.task
     layout = RoundsLayout.of(config)
-    extra = layout.round_dir(r, "extra")
-    storage.delete_dir(layout.fs, layout.path(*extra))
+    storage.delete_dir(layout.fs, layout.path(*layout.round_dir(r, "extra")))
 
     errors = validation_errors(config, r - 1)
     if rounds.max_errors is not None and errors.num_rows > rounds.max_errors:
@@ -168,21 +210,49 @@ def run_synthesize(config: Config, r: int, log: Callable[[str], None]) -> dict[s
         asked.append(request(request_id, synthesis.extrapolation_messages(task, text, row["label"],
                                                                           rounds.examples_per_error)))
         sources[request_id] = (row["label"], f"validation row {row['row']} (predicted {row['predicted']})")
+    return _ask_and_store(config, layout, r, asked, sources, rounds.examples_per_error, log, started,
+                          {"step": "synthesize", "round": r, "errors": errors.num_rows})
+
+
+def run_mix(config: Config, r: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """PromptMix: per class, examples mixing it with another class (seeded by the round)."""
+    started = time.time()
+    rounds, task = config.rounds, config.task
+    layout = RoundsLayout.of(config)
+    storage.delete_dir(layout.fs, layout.path(*layout.round_dir(r, "extra")))
+    plan = synthesis.mixing_plan(task.label_names, rounds.mix_per_class, rounds.mix_per_request,
+                                 rounds.mix_alpha_min, rounds.mix_alpha_max, seed=r)
+    asked, sources = [], {}
+    for i, mix in enumerate(plan):
+        request_id = f"round{r}/mix{i}"
+        asked.append(request(request_id, synthesis.mixing_messages(task, mix)))
+        sources[request_id] = (mix.label, f"mix {mix.alpha:.2f} {mix.label} + {1 - mix.alpha:.2f} {mix.partner}")
+    log(f"[round {r}] {len(plan)} mixing requests, {rounds.mix_per_class} examples asked per class")
+    pairs: dict[str, int] = {}
+    for mix in plan:
+        pairs[f"{mix.label}+{mix.partner}"] = pairs.get(f"{mix.label}+{mix.partner}", 0) + mix.n
+    return _ask_and_store(config, layout, r, asked, sources, rounds.mix_per_request, log, started,
+                          {"step": "mix", "round": r, "asked_per_pair": pairs})
+
+
+def _ask_and_store(
+    config: Config, layout: RoundsLayout, r: int, asked: list[dict[str, Any]], sources: dict[str, tuple[str, str]],
+    limit: int, log: Callable[[str], None], started: float, report: dict[str, Any],
+) -> dict[str, Any]:
+    """Generate, parse at most ``limit`` examples per answer, store the candidates and synthesis.json."""
+    extra = layout.round_dir(r, "extra")
     _init_ray()
-    answers = generate(config, asked, log, f"round {r}: synthesize")
-    candidates = _parse(config, answers, sources, limit=rounds.examples_per_error)
+    answers = generate(config, asked, log, f"round {r}: {report['step']}")
+    candidates = _parse(config, answers, sources, limit=limit)
     storage.write_parquet_atomic(layout.fs, layout.path(*extra, "candidates.parquet"), candidates)
-    report = {
-        "step": "synthesize",
-        "round": r,
-        "errors": errors.num_rows,
+    report.update({
         "requests": len(asked),
         "candidates": candidates.num_rows,
         "unusable": _count(candidates.column("problem")),
         "prompt_tokens": int(pc.sum(answers.column("prompt_tokens")).as_py() or 0),
         "completion_tokens": int(pc.sum(answers.column("completion_tokens")).as_py() or 0),
         "wall_seconds": round(time.time() - started, 2),
-    }
+    })
     storage.write_json(layout.fs, layout.path(*extra, "synthesis.json"), report)
     return report
 
@@ -217,7 +287,7 @@ def validation_errors(config: Config, r: int) -> pa.Table:
 
 def training_texts(config: Config, r: int) -> list[str]:
     """Texts of round r's training data before its new examples: round 0's data and earlier extras."""
-    uris = [base_labels_uri(config)] + [extra_uri(config, q) for q in range(1, r)]
+    uris = [base_labels_uri(config)] + [extra_uri(config, q) for q in range(1, r)]  # relabelling keeps texts
     texts: list[str] = []
     for uri in uris:
         fs, root = storage.resolve(uri, config.storage)
@@ -229,7 +299,8 @@ def training_texts(config: Config, r: int) -> list[str]:
 def _parse(config: Config, answers: pa.Table, sources: dict[str, tuple[str, str]], limit: int) -> pa.Table:
     """One candidate row per example found in each completion (at most ``limit`` per request)."""
     label_names = config.task.label_names
-    snippets = [config.task.instruction, "Write one realistic text", "A classifier got this text wrong"]
+    snippets = [config.task.instruction, "Write one realistic text", "A classifier got this text wrong",
+                "so each should still be labelled"]
     rows = []
     for answer in answers.to_pylist():
         label, source = sources[answer["request_id"]]

@@ -1,13 +1,22 @@
-"""Error-extrapolation rounds (S3, "Synthesis Step by Step"), each step a Ray job.
+"""Student-teacher rounds, each step a Ray job.
 
 Round 0 trains the student on the labelling job's output (or on seed
-synthesis). Round r >= 1: the teacher writes ``rounds.examples_per_error``
-new examples like each validation example round r-1's student got wrong
-(``synthesize``), they are filtered (``filter``), merged with all earlier
-training data and the student is retrained and evaluated (``train``, the
-distillation job unchanged). The rounds stop after ``rounds.rounds`` or once
-the validation metric has not improved for ``rounds.patience`` rounds; the
-best round's student is copied to ``<rounds.output>/model``.
+synthesis). Round r >= 1 depends on ``rounds.strategy``:
+
+- ``extrapolation`` (S3, "Synthesis Step by Step"): the teacher writes
+  ``rounds.examples_per_error`` new examples like each validation example
+  round r-1's student got wrong (``synthesize``); they are filtered
+  (``filter``), merged with all earlier training data and the student is
+  retrained and evaluated (``train``, the distillation job unchanged).
+- ``promptmix`` (PromptMix): the teacher writes examples mixing two classes
+  (``mix``), they are filtered (``filter``), the labelling job relabels them
+  (``relabel``: its label replaces the intended one), and the student is
+  retrained on the relabelled data (``train``) and, for comparison, on the
+  intended labels (``train-intended``).
+
+The rounds stop after ``rounds.rounds`` or once the validation metric has not
+improved for ``rounds.patience`` rounds; the best round's student is copied
+to ``<rounds.output>/model``.
 
 Every step is submitted through Ray's Jobs API (``JobSubmissionClient``) to
 ``rounds.address``. The orchestrator itself only submits, waits and records:
@@ -35,7 +44,10 @@ import pyarrow.fs as pafs
 from pipeline import storage
 from pipeline.config import Config, ConfigError, dump_config
 from pipeline.evaluate import load_gold
-from pipeline.round_steps import RoundsLayout, base_labels_uri, extra_uri, student_uri, validation_errors
+from pipeline.round_steps import (
+    RoundsLayout, base_labels_uri, extra_uri, relabel_report, relabelled_uri, round_data_uri, student_uri,
+    validation_errors,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOG_TAIL_LINES = 40
@@ -200,13 +212,18 @@ class _Runner:
                 stop = self._stop_reason(r)
                 if stop:
                     break
-                self._step(r, "synthesize", self._step_entrypoint("synthesize", r))
+                mixing = self.rounds.strategy == "promptmix"
+                self._step(r, "mix" if mixing else "synthesize", self._step_entrypoint("mix" if mixing else "synthesize", r))
                 self._step(r, "filter", self._step_entrypoint("filter", r))
                 added = self._read_report(extra_uri(self.config, r), "report.json")["kept"]
                 if added == 0:
                     stop = f"round {r}'s filtered synthesis added no examples"
                     self._record_round(r, added=0, trained=False)
                     break
+                if mixing:
+                    self._relabel(r)
+                    if self.rounds.compare_without_relabelling:
+                        self._train(r, arm="intended")
                 self._train(r)
             else:
                 stop = f"ran all {self.rounds.rounds} rounds"
@@ -229,21 +246,46 @@ class _Runner:
             return f"round {last}'s student makes no validation errors"
         return None
 
-    def _train(self, r: int) -> None:
+    def _train(self, r: int, arm: str = "") -> None:
+        """Train round r's student on round 0's data and every round's additions so far.
+
+        ``arm="intended"`` (PromptMix): round r's examples with the labels they were written for, not
+        the relabelled ones; recorded with round r's main student as the comparison.
+        """
         data = [base_labels_uri(self.config)] + [
-            extra_uri(self.config, q) for q in range(1, r + 1)
+            extra_uri(self.config, q) if arm == "intended" and q == r else round_data_uri(self.config, q)
+            for q in range(1, r + 1)
             if self._read_report(extra_uri(self.config, q), "report.json")["kept"] > 0
         ]
         overrides = [f"distill.labels={data[0]}", f"distill.extra_labels={_yaml_list(data[1:])}",
-                     f"distill.output={student_uri(self.config, r)}"]
-        self._step(r, "train", self._entrypoint("ray_jobs/distill.py", overrides))
+                     f"distill.output={student_uri(self.config, r, arm)}"]
+        self._step(r, f"train-{arm}" if arm else "train", self._entrypoint("ray_jobs/distill.py", overrides))
+        if arm:
+            return
         added = 0 if r == 0 else self._read_report(extra_uri(self.config, r), "report.json")["kept"]
         self._record_round(r, added=added, trained=True, data=data)
+
+    def _relabel(self, r: int) -> None:
+        """PromptMix: the labelling job, unchanged, labels round r's filtered examples."""
+        overrides = [f"data.input={extra_uri(self.config, r)}/data", "data.format=parquet", "data.id_column=id",
+                     "data.text_column=text", f"data.output={relabelled_uri(self.config, r)}"]
+        self._step(r, "relabel", self._entrypoint("ray_jobs/label.py", overrides))
+        report = relabel_report(self.config, r)
+        storage.write_json(self.layout.fs, self.layout.path(*self.layout.round_dir(r, "relabel.json")), report)
+        self.log(f"[rounds] round {r} relabel: {report['relabelled']} of {report['examples']} examples got "
+                 f"another label, {report['abstained']} abstained, {report['quarantined']} quarantined")
 
     def _record_round(self, r: int, added: int, trained: bool, data: Optional[list[str]] = None) -> None:
         info: dict[str, Any] = {"added": added, "trained": trained}
         if r == 0 and self.rounds.seed_synthesis:
             info["added"] = self._read_report(self.layout.uri_of("seed"), "report.json")["kept"]
+        relabel_json = self.layout.path(*self.layout.round_dir(r, "relabel.json"))
+        if r > 0 and self.rounds.strategy == "promptmix" and storage.exists(self.layout.fs, relabel_json):
+            info["relabel"] = storage.read_json(self.layout.fs, relabel_json)
+            if trained and self.rounds.compare_without_relabelling:
+                intended = self._read_report(student_uri(self.config, r, "intended"), "report.json")
+                info["without_relabelling"] = {"train_rows": intended["rows"]["train"],
+                                               "evaluation": intended["evaluation"]}
         if trained:
             report = self._read_report(student_uri(self.config, r), "report.json")
             info.update({
@@ -414,7 +456,24 @@ def summary_table(state: dict[str, Any], metric: str) -> str:
             cells += [f"{scores['accuracy']:.4f}", f"{scores['macro_f1']:.4f}"] if scores else ["-", "-"]
         cells.append(f"{seconds:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
+    mixed = [(r, state["rounds"][r]) for r in sorted(state["rounds"], key=int) if "relabel" in state["rounds"][r]]
+    if mixed:
+        lines += ["", "PromptMix relabelling: the labelling job's labels against the intended ones, and the student "
+                  "trained on each.", "",
+                  "| round | examples | relabelled | unchanged | abstained | quarantined | test accuracy, relabelled "
+                  "| test accuracy, intended labels |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r, info in mixed:
+            stats = info["relabel"]
+            with_relabel = info.get("evaluation", {}).get("test")
+            without = info.get("without_relabelling", {}).get("evaluation", {}).get("test")
+            lines.append(f"| {r} | {stats['examples']} | {stats['relabelled']} | {stats['unchanged']} | "
+                         f"{stats['abstained']} | {stats['quarantined']} | "
+                         f"{_score(with_relabel)} | {_score(without)} |")
     return "\n".join(lines)
+
+
+def _score(scores: Optional[dict[str, float]]) -> str:
+    return f"{scores['accuracy']:.4f}" if scores else "-"
 
 
 def metrics_png(state: dict[str, Any], metric: str) -> bytes:
@@ -439,7 +498,12 @@ def metrics_png(state: dict[str, Any], metric: str) -> bytes:
     added = ax.twinx()
     added.bar(xs, [info["added"] for _, info in rounds], alpha=0.2, color="grey")
     added.set_ylabel("examples added")
-    ax.set_title("error-extrapolation rounds")
+    intended = [(r, info["without_relabelling"]["evaluation"]["test"][metric]) for r, info in rounds
+                if "test" in info.get("without_relabelling", {}).get("evaluation", {})]
+    if intended:
+        ax.plot(*zip(*intended), marker="x", linestyle="--", label=f"test {metric}, intended labels")
+        ax.legend(loc="lower left")
+    ax.set_title("PromptMix rounds" if any("relabel" in info for _, info in rounds) else "error-extrapolation rounds")
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)

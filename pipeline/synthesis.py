@@ -6,7 +6,10 @@ Two uses, both from the method's papers:
   text could carry a label, then writes an example for a sampled reason;
 - error extrapolation (S3, Synthesis Step by Step): for a validation example
   the student got wrong, the teacher writes new examples like it that carry
-  its gold label.
+  its gold label;
+- PromptMix (EMNLP'23): for a class Ci, another class Cj and a ratio alpha,
+  the teacher writes examples that are alpha about Ci and 1 - alpha about Cj,
+  hard examples near the boundary (relabelled afterwards by the labelling job).
 
 Every answer goes through :func:`parse_examples`, which returns a
 :class:`~pipeline.filters.Candidate` per example with the reason an unusable
@@ -17,8 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
-from typing import Sequence
+from typing import NamedTuple, Sequence
+
+import numpy as np
 
 from pipeline.answers import normalize
 from pipeline.config import TaskConfig
@@ -68,6 +74,55 @@ def extrapolation_messages(task: TaskConfig, text: str, label: str, m: int) -> l
     ]
 
 
+class Mix(NamedTuple):
+    """One PromptMix request: ``n`` examples, ``alpha`` about ``label`` and the rest about ``partner``."""
+
+    label: str
+    partner: str
+    alpha: float
+    n: int
+
+
+def mixing_plan(
+    label_names: Sequence[str], per_class: int, per_request: int, alpha_min: float, alpha_max: float, seed: int
+) -> list[Mix]:
+    """PromptMix requests: per class, ``per_class`` examples in requests of at most ``per_request``,
+    each with a partner class drawn uniformly from the others and alpha uniform in [alpha_min, alpha_max].
+
+    Seeded: the same plan on every rerun. Needs at least two classes.
+    """
+    if len(label_names) < 2:
+        raise ValueError(f"PromptMix mixes two classes per prompt; the task has {len(label_names)} label(s)")
+    rng = np.random.default_rng(seed)
+    plan = []
+    for i, label in enumerate(label_names):
+        others = [name for j, name in enumerate(label_names) if j != i]
+        left = per_class
+        for _ in range(math.ceil(per_class / per_request)):
+            n = min(per_request, left)
+            left -= n
+            partner = others[int(rng.integers(len(others)))]
+            alpha = round(float(rng.uniform(alpha_min, alpha_max)), 2)
+            plan.append(Mix(label, partner, alpha, n))
+    return plan
+
+
+def mixing_messages(task: TaskConfig, mix: Mix) -> list[dict[str, str]]:
+    """Ask for ``mix.n`` texts mostly about ``mix.label``, partly about ``mix.partner``; labelled ``mix.label``."""
+    descriptions = {label.name: label.description for label in task.labels}
+    main, other = round(mix.alpha * 100), 100 - round(mix.alpha * 100)
+    return [
+        _system(task),
+        {"role": "user", "content": (
+            f"Class '{mix.label}': {descriptions[mix.label]}\n"
+            f"Class '{mix.partner}': {descriptions[mix.partner]}\n"
+            f"Write {mix.n} different texts that are {main}% about class '{mix.label}' and {other}% about "
+            f"class '{mix.partner}', so each should still be labelled '{mix.label}'. "
+            "One text per line, each starting with 'Text:'."
+        )},
+    ]
+
+
 def parse_reasons(completion: str, limit: int) -> list[str]:
     """Distinct non-empty reasons, bullets and numbering removed, at most ``limit``."""
     reasons: list[str] = []
@@ -111,6 +166,7 @@ def parse_examples(
 def prompt_hash(task: TaskConfig) -> str:
     """Fingerprint of the synthesis prompts (stored on every synthetic row, like the labelling prompt's)."""
     templates = [reasons_messages(task, "{label}", 0), example_messages(task, "{label}", "{reason}"),
-                 extrapolation_messages(task, "{text}", "{label}", 0)]
+                 extrapolation_messages(task, "{text}", "{label}", 0),
+                 mixing_messages(task, Mix(task.labels[0].name, task.labels[0].name, 0.5, 0))]
     blob = json.dumps(templates, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -118,3 +118,25 @@ def test_rounds_need_a_student_and_a_gold_validation_set():
     raw["rounds"]["metric"] = "recall"
     with pytest.raises(ConfigError, match="rounds.metric: must be accuracy or macro_f1, got 'recall'"):
         config_from_dict(raw)
+
+
+def test_promptmix_settings_are_checked():
+    raw = copy.deepcopy(BASE)
+    raw.update(student={"model": "s"}, distill={"output": "d", "validation": "v.jsonl"},
+               rounds={"output": "r", "strategy": "promptmix"})
+    assert config_from_dict(raw).rounds.mix_alpha_min == 0.5
+    raw["rounds"]["strategy"] = "mixup"
+    with pytest.raises(ConfigError, match="rounds.strategy: must be extrapolation or promptmix, got 'mixup'"):
+        config_from_dict(raw)
+    raw["rounds"].update(strategy="promptmix", mix_alpha_min=0.3)
+    with pytest.raises(ConfigError, match=r"need 0.5 <= min <= max <= 1 .* got 0.3 and 0.9"):
+        config_from_dict(raw)
+    raw["rounds"].update(mix_alpha_min=0.6, mix_per_request=0)
+    with pytest.raises(ConfigError, match="rounds.mix_per_request: must be >= 1, got 0"):
+        config_from_dict(raw)
+    # Too few classes to mix cannot happen: every task has at least two labels.
+    raw["rounds"]["mix_per_request"] = 2
+    raw["task"]["labels"] = raw["task"]["labels"][:1]
+    raw["task"]["demos"] = [d for d in raw["task"]["demos"] if d["label"] == "negative"]
+    with pytest.raises(ConfigError, match="task.labels: at least two labels are needed"):
+        config_from_dict(raw)

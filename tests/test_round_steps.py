@@ -14,7 +14,8 @@ from pipeline import schemas, storage
 from pipeline.config import DistillConfig, RoundsConfig, StudentConfig
 from pipeline.evaluate import PREDICTIONS
 from pipeline.generate import PROMPT_TOO_LONG
-from pipeline.round_steps import CANDIDATES, run_filter, run_seed, run_synthesize
+from pipeline.round_steps import CANDIDATES, relabel_report, run_filter, run_seed, run_synthesize
+from pipeline.round_steps import labelled_rows as synthetic_rows
 from tests.conftest import LABELS
 from tests.test_distill import labelled_rows, write_labelled
 
@@ -131,3 +132,29 @@ def test_extrapolation_asks_once_per_error_and_keeps_at_most_m_per_answer(step_c
     assert [row["problem"] for row in per_request["round1/row3"]] == [PROMPT_TOO_LONG]
     labels = {r: g for r, _, g, _ in rows}
     assert all(row["label"] == labels[int(rid.split("row")[1])] for rid, rs in per_request.items() for row in rs)
+
+
+def test_relabel_report_counts_changed_unchanged_abstained_and_quarantined(step_config, tmp_path):
+    config = step_config(strategy="promptmix")
+    intended = [{"text": f"mixed example {i}", "label": label, "source": "mix", "prompt_tokens": 1,
+                 "completion_tokens": 1} for i, label in enumerate(["negative", "negative", "neutral", "positive",
+                                                                      "positive"])]
+    table = synthetic_rows(intended, config.task, "teacher", "r1")
+    extra = tmp_path / "rounds" / "rounds" / "1" / "extra" / "data"
+    extra.mkdir(parents=True)
+    pq.write_table(table, extra / "part-0.parquet")
+    # The labelling job's answer: row 0 kept, row 1 moved to positive, row 2 abstained,
+    # row 3 moved to neutral, row 4 quarantined (absent from the output).
+    ids = table.column("id").to_pylist()
+    relabelled = table.slice(0, 4).to_pylist()
+    for row, (hard, n_valid) in zip(relabelled, [("negative", 1), ("positive", 1), (None, 0), ("neutral", 1)]):
+        row.update(hard_label=hard, n_valid=n_valid)
+    out = tmp_path / "rounds" / "rounds" / "1" / "relabelled" / "data"
+    out.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(relabelled, schema=schemas.LABELLED), out / "part-0.parquet")
+
+    report = relabel_report(config, 1)
+
+    assert report == {"examples": 5, "labelled": 4, "quarantined": 1, "relabelled": 2, "unchanged": 1,
+                      "abstained": 1, "changes": {"negative -> positive": 1, "positive -> neutral": 1}}
+    assert len(set(ids)) == 5

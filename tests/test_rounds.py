@@ -170,6 +170,57 @@ def test_two_rounds_survive_kills_after_synthesis_and_while_a_job_runs(rounds_co
 
 
 @pytest.mark.slow
+def test_a_promptmix_round_relabels_with_the_labelling_job_and_trains_both_ways(rounds_config):
+    fs, bucket = rounds_config.fs, rounds_config.bucket
+    config = rounds_config(output=f"s3://{bucket}/promptmix", strategy="promptmix", rounds=1, mix_per_class=4,
+                           mix_per_request=2)
+    lines: list[str] = []
+    state = run_rounds(config, log=lines.append)
+
+    assert state["status"] == "finished" and state["stop_reason"] == "ran all 1 rounds", state.get("stop_reason")
+    assert set(state["steps"]) == {"0/train", "1/mix", "1/filter", "1/relabel", "1/train-intended", "1/train"}
+    assert all(step["status"] == "succeeded" for step in state["steps"].values())
+    root = f"{bucket}/promptmix/rounds/1"
+    mix = storage.read_json(fs, f"{root}/extra/synthesis.json")
+    assert mix["requests"] == 3 * 2 and sum(mix["asked_per_pair"].values()) == 3 * 4
+    assert all(label != partner for pair in mix["asked_per_pair"] for label, partner in [pair.split("+")])
+    candidates = storage.read_parquet(fs, f"{root}/extra/candidates.parquet").to_pylist()
+    assert all(row["source"].split()[2] == row["label"] for row in candidates)  # "mix 0.63 <label> + ..."
+    kept = storage.read_json(fs, f"{root}/extra/report.json")["kept"]
+    assert kept > 0
+
+    # The labelling job ran on exactly the filtered examples; its labels replace the intended ones.
+    intended = storage.read_parquet(fs, f"{root}/extra/data")
+    relabelled = storage.read_parquet(fs, f"{root}/relabelled/data")
+    assert set(relabelled.column("id").to_pylist()) <= set(intended.column("id").to_pylist())
+    assert all(len(votes) == 1 for votes in relabelled.column("votes").to_pylist())  # teacher.samples
+    stats = storage.read_json(fs, f"{root}/relabel.json")
+    assert stats["examples"] == kept == intended.num_rows
+    assert stats["labelled"] == relabelled.num_rows == stats["examples"] - stats["quarantined"]
+    assert stats["relabelled"] + stats["unchanged"] + stats["abstained"] == stats["labelled"]
+    changed = sum(a != b for a, b in zip(
+        [dict(zip(intended.column("id").to_pylist(), intended.column("hard_label").to_pylist()))[i]
+         for i in relabelled.column("id").to_pylist()], relabelled.column("hard_label").to_pylist())
+        if b is not None)
+    assert stats["relabelled"] == changed
+    assert any(f"relabel: {stats['relabelled']} of {kept} examples got another label" in line for line in lines)
+
+    # Both students train on round 0's rows plus this round's examples, with different labels.
+    base_rows = 120
+    with_relabel = storage.read_json(fs, f"{root}/student/report.json")
+    without = storage.read_json(fs, f"{root}/student-intended/report.json")
+    assert with_relabel["rows"]["labelled"] == base_rows + relabelled.num_rows
+    assert without["rows"]["labelled"] == base_rows + intended.num_rows
+    info = state["rounds"]["1"]
+    assert info["relabel"] == stats
+    assert info["without_relabelling"]["evaluation"] == without["evaluation"]
+    assert info["evaluation"] == with_relabel["evaluation"]
+    summary = fs.open_input_stream(f"{bucket}/promptmix/summary.md").read().decode()
+    assert "PromptMix relabelling" in summary
+    assert f"| 1 | {kept} | {stats['relabelled']} | {stats['unchanged']} |" in summary
+
+
+@pytest.mark.slow
 def test_a_failing_step_is_reported_with_its_log_and_the_manifest_stays_readable(rounds_config, tmp_path):
     config = rounds_config()
     broken = dataclasses.replace(config, student=dataclasses.replace(config.student, model=str(tmp_path / "none")))
