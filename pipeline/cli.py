@@ -32,6 +32,7 @@ def smoke_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
         max_tokens=32,
         temperature=1.0,
         dtype="float32",
+        enforce_eager=True,
     )
     data = dataclasses.replace(config.data, output=str((root / config.task.name / "labels").resolve()))
     return dataclasses.replace(config, teacher=teacher, data=data)
@@ -147,7 +148,7 @@ def rounds_main(argv: list[str] | None = None) -> int:
     from pipeline.rounds import run_rounds
 
     return _config_job(
-        argv, "rounds", "Student-teacher rounds (rounds.strategy: extrapolation or promptmix): each step a Ray job "
+        argv, "rounds", "Student-teacher rounds (rounds.strategy: extrapolation, promptmix or freeal): each step a Ray job "
         "via the Jobs API (rounds.address).",
         "two rounds over the smoke labels with the tiny random teacher and student (noise)",
         smoke_rounds_config, lambda config, smoke: run_rounds(config), lambda state: f"rounds: {state['status']}",
@@ -159,7 +160,7 @@ def round_step_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raydistill round-step",
                                      description="One synthesis step of a round (run as a Ray job by `rounds`).")
     parser.add_argument("config", help="YAML config file (local path or s3:// URI)")
-    parser.add_argument("step", choices=["seed", "synthesize", "mix", "filter"])
+    parser.add_argument("step", choices=["seed", "synthesize", "mix", "filter", "demos", "select", "merge"])
     parser.add_argument("--round", type=int, required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     args = parser.parse_args(argv)

@@ -32,11 +32,11 @@ class Label:
 
 @dataclasses.dataclass(frozen=True)
 class Demo:
-    """A hand-written chain-of-thought example shown to the teacher."""
+    """An example shown to the teacher: hand-written chain of thought, or (FreeAL) just text and label."""
 
     text: str
-    rationale: str
     label: str
+    rationale: str = ""  # empty: the demo's answer is the label line alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,9 @@ class TeacherConfig:
     max_model_len: int = 4096
     enable_prefix_caching: bool = True
     dtype: str = "auto"
+    # Skip graph capture/compilation: an engine starts in about half the time (tiny CPU models: 19 s
+    # against 40 s), at some cost in throughput. For short jobs, tests and smoke runs.
+    enforce_eager: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +80,9 @@ class DataConfig:
     format: str = "auto"  # auto | parquet | jsonl | csv
     text_column: str = "text"
     id_column: str = "id"
+    # Parquet only: a column holding each row's own demos, a JSON list of {"text", "label"}; they
+    # replace task.demos for that row (FreeAL relabelling, demos picked per text).
+    demos_column: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +135,7 @@ class RoundsConfig:
     output: str  # local path or s3:// URI: manifest, per-round data and students, summary
     address: Optional[str] = None  # Jobs API (http://head:8265); default $RAY_ADDRESS, else local
     working_dir: Optional[str] = None  # uploaded with each job; default this project's root
-    strategy: str = "extrapolation"  # extrapolation | promptmix
+    strategy: str = "extrapolation"  # extrapolation | promptmix | freeal
     rounds: int = 3  # rounds after round 0
     patience: int = 1  # stop after this many rounds without a better validation metric
     metric: str = "accuracy"  # accuracy | macro_f1 on the gold validation set
@@ -143,6 +149,14 @@ class RoundsConfig:
     mix_alpha_min: float = 0.5  # promptmix: share of the intended class, drawn uniformly per request
     mix_alpha_max: float = 0.9
     compare_without_relabelling: bool = True  # promptmix: also train on the intended labels, to compare
+    freeal_demos_per_label: int = 2  # freeal: demos the teacher writes itself per label (round 0)
+    freeal_split: str = "gmm"  # freeal: small-loss split per class, gmm | fraction
+    freeal_clean_fraction: float = 0.5  # freeal: share of each class taken as clean (fraction; gmm's fallback)
+    freeal_demos_per_class: int = 4  # freeal: diverse low-loss clean demos kept per class
+    freeal_demo_pool: int = 20  # freeal: lowest-loss clean rows per class the demos are chosen from
+    freeal_neighbours: int = 4  # freeal: demos per relabelling prompt, the nearest to the text
+    freeal_pseudo_confidence: float = 0.9  # freeal: noisy rows the student labels at least this surely
+    freeal_gold: Optional[str] = None  # freeal: gold labels of (some) corpus texts, to report the teacher's accuracy
     min_chars: int = 8  # filter: shortest usable example
     max_chars: int = 1000  # filter: longest usable example
     near_duplicate_threshold: float = 0.7  # filter: word 3-gram Jaccard counted as a duplicate
@@ -333,8 +347,13 @@ def _check_rounds(config: Config) -> None:
         raise ConfigError("rounds: needs the distill and student sections (each round retrains the student)")
     if not config.distill.validation:
         raise ConfigError("distill.validation: rounds need a gold validation set (its errors drive each round)")
-    if rounds.strategy not in ("extrapolation", "promptmix"):
-        raise ConfigError(f"rounds.strategy: must be extrapolation or promptmix, got {rounds.strategy!r}")
+    if rounds.strategy not in ("extrapolation", "promptmix", "freeal"):
+        raise ConfigError(f"rounds.strategy: must be extrapolation, promptmix or freeal, got {rounds.strategy!r}")
+    if rounds.freeal_split not in ("gmm", "fraction"):
+        raise ConfigError(f"rounds.freeal_split: must be gmm or fraction, got {rounds.freeal_split!r}")
+    for key in ("freeal_clean_fraction", "freeal_pseudo_confidence"):
+        if not 0 < getattr(rounds, key) <= 1:
+            raise ConfigError(f"rounds.{key}: must be in (0, 1], got {getattr(rounds, key)}")
     if not 0.5 <= rounds.mix_alpha_min <= rounds.mix_alpha_max <= 1:
         raise ConfigError(
             "rounds.mix_alpha_min, rounds.mix_alpha_max: need 0.5 <= min <= max <= 1 (the intended class "
@@ -343,7 +362,8 @@ def _check_rounds(config: Config) -> None:
     if rounds.metric not in ("accuracy", "macro_f1"):
         raise ConfigError(f"rounds.metric: must be accuracy or macro_f1, got {rounds.metric!r}")
     for key in ("patience", "examples_per_error", "reasons_per_label", "seed_examples_per_label", "min_chars",
-                "mix_per_class", "mix_per_request"):
+                "mix_per_class", "mix_per_request", "freeal_demos_per_label", "freeal_demos_per_class",
+                "freeal_demo_pool", "freeal_neighbours"):
         _positive(getattr(rounds, key), f"rounds.{key}")
     if rounds.rounds < 0:
         raise ConfigError(f"rounds.rounds: must be >= 0, got {rounds.rounds}")

@@ -12,7 +12,7 @@ import csv
 import dataclasses
 import io
 import json
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -35,6 +35,7 @@ class Corpus:
     format: str
     id_column: str
     text_column: str
+    demos_column: Optional[str] = None
 
 
 def open_corpus(data: DataConfig, storage_config: StorageConfig) -> Corpus:
@@ -45,10 +46,15 @@ def open_corpus(data: DataConfig, storage_config: StorageConfig) -> Corpus:
     if not files:
         raise InputError(f"data.input: no {'/'.join(suffixes)} files at {data.input}")
     fmt = data.format if data.format != "auto" else _detect_format(files, data.input)
-    corpus = Corpus(fs, files, fmt, data.id_column, data.text_column)
+    if data.demos_column and fmt != "parquet":
+        raise InputError(f"data.demos_column: per-row demos need parquet input, got {fmt} at {data.input}")
+    corpus = Corpus(fs, files, fmt, data.id_column, data.text_column, data.demos_column)
+    checked = [("data.id_column", data.id_column), ("data.text_column", data.text_column)]
+    if data.demos_column:
+        checked.append(("data.demos_column", data.demos_column))
     for file in files:
         columns = _file_columns(corpus, file)
-        for key, column in (("data.id_column", data.id_column), ("data.text_column", data.text_column)):
+        for key, column in checked:
             if columns is not None and column not in columns:
                 raise InputError(
                     f"{key}: column {column!r} not found in {_display(data.input, file)} (columns: {columns})"
@@ -158,17 +164,43 @@ def parse_jsonl_batch(lines: list[str], sources: list[str], id_column: str, text
     return table.set_column(2, "problem", pa.array(merged, pa.string()))
 
 
-def read_corpus(corpus: Corpus) -> Any:
-    """The corpus as a Ray Dataset of checked rows (id, text, problem, source)."""
+def check_demos(raw: Any, label_names: Sequence[str]) -> tuple[Optional[str], Optional[str]]:
+    """A row's own demos as canonical JSON ``[{"text", "label"}, ...]``, or the problem with them."""
+    try:
+        demos = json.loads(raw) if isinstance(raw, str) else None
+    except json.JSONDecodeError:
+        demos = None
+    if not isinstance(demos, list) or not all(
+        isinstance(d, dict) and isinstance(d.get("text"), str) and isinstance(d.get("label"), str) for d in demos
+    ):
+        return None, 'demos are not a JSON list of {"text", "label"}'
+    unknown = sorted({d["label"] for d in demos} - set(label_names))
+    if unknown:
+        return None, f"demos have labels outside the label set: {unknown}"
+    return json.dumps([{"text": d["text"], "label": d["label"]} for d in demos], ensure_ascii=False), None
+
+
+def read_corpus(corpus: Corpus, label_names: Sequence[str] = ()) -> Any:
+    """The corpus as a Ray Dataset of checked rows (id, text, problem, source[, demos]).
+
+    With ``corpus.demos_column`` each row also carries its demos (checked against
+    ``label_names``; a row with unusable demos is a problem row, quarantined).
+    """
     import pyarrow.csv as pacsv
     import ray.data
 
-    id_col, text_col = corpus.id_column, corpus.text_column
+    id_col, text_col, demos_col = corpus.id_column, corpus.text_column, corpus.demos_column
 
     def check(batch: pa.Table) -> pa.Table:
-        return checked_batch(
+        table = checked_batch(
             batch.column(id_col).to_pylist(), batch.column(text_col).to_pylist(), batch.column("path").to_pylist()
         )
+        if not demos_col:
+            return table
+        checked = [check_demos(raw, label_names) for raw in batch.column(demos_col).to_pylist()]
+        problems = [p or q for p, (_, q) in zip(table.column("problem").to_pylist(), checked)]
+        table = table.set_column(2, "problem", pa.array(problems, pa.string()))
+        return table.append_column("demos", pa.array([d for d, _ in checked], pa.string()))
 
     if corpus.format == "jsonl":
         lines = ray.data.read_text(corpus.files, filesystem=corpus.fs, include_paths=True)
@@ -189,6 +221,6 @@ def read_corpus(corpus: Corpus) -> Any:
         )
     else:
         ds = ray.data.read_parquet(corpus.files, filesystem=corpus.fs, include_paths=True).select_columns(
-            [id_col, text_col, "path"]
+            [id_col, text_col, *([demos_col] if demos_col else []), "path"]
         )
     return ds.map_batches(check, batch_format="pyarrow")

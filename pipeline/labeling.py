@@ -74,7 +74,7 @@ def run_labeling(config: Config, *, smoke: bool = False, log: Callable[[str], No
     log(f"[label] {len(corpus.files)} {corpus.format} file(s) from {config.data.input}")
 
     _init_ray()
-    rows = read_corpus(corpus)
+    rows = read_corpus(corpus, config.task.label_names)
     index = rows.select_columns(["id", "problem"]).materialize()
     duplicates = _duplicate_ids(index)
     done = committed_ids(out)
@@ -201,7 +201,7 @@ def _write_quarantine(rows: Any, duplicates: pa.Array, out: OutputLayout, expect
     def bad_rows(batch: pa.Table) -> pa.Table:
         batch = _mark_duplicates(batch, duplicates)
         bad = batch.filter(pc.is_valid(batch.column("problem")))
-        return bad.rename_columns(["id", "text", "reason", "source"])
+        return bad.select(["id", "text", "problem", "source"]).rename_columns(["id", "text", "reason", "source"])
 
     rows.map_batches(bad_rows, batch_format="pyarrow").write_parquet(out.quarantine, filesystem=out.fs)
 
@@ -218,7 +218,8 @@ def _label(
     """Stream the rows still to label through the teacher actors; show progress."""
     import ray
 
-    stats = {"rows": 0, "abstentions": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0}
+    stats = {"rows": 0, "abstentions": 0, "prompt_tokens": 0, "completion_tokens": 0, "demos_dropped": 0,
+             "seconds": 0.0}
     if todo == 0:
         return stats
     done_ref = ray.put(done)
@@ -229,7 +230,7 @@ def _label(
         committed = ray.get(done_ref)
         if len(committed):
             keep = pc.and_(keep, pc.invert(pc.fill_null(pc.is_in(batch.column("id"), value_set=committed), False)))
-        return batch.filter(keep).select(["id", "text"])
+        return batch.filter(keep).select(["id", "text", *(["demos"] if "demos" in batch.column_names else [])])
 
     summaries = rows.map_batches(pending, batch_format="pyarrow").map_batches(
         TeacherLabeler,

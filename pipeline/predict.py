@@ -33,7 +33,8 @@ def fetch_model(model_dir: str, storage_config: StorageConfig, into: str) -> Pat
 class StudentPredictor:
     """Ray Data actor: loads the exported student once, labels batches."""
 
-    def __init__(self, model_dir: str, storage_config: StorageConfig, use_gpu: bool = False):
+    def __init__(self, model_dir: str, storage_config: StorageConfig, use_gpu: bool = False,
+                 embeddings: bool = False):
         import torch
 
         from pipeline.student import load_student
@@ -43,14 +44,16 @@ class StudentPredictor:
         meta = json.loads((local / "raydistill.json").read_text())
         self.labels, self.max_length = meta["labels"], meta["max_length"]
         self.tokenizer, self.model = load_student(str(local), self.labels)
+        self.embeddings = embeddings  # also return the encoder's mean-pooled embedding (FreeAL's selection)
         if use_gpu and torch.cuda.is_available():
             self.model.to("cuda")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from pipeline.student import predict_proba
+        from pipeline.student import predict_with_embeddings
 
-        probabilities = predict_proba(self.model, self.tokenizer, batch.column("text").to_pylist(), self.max_length)
-        return pa.Table.from_pydict(
+        probabilities, embeddings = predict_with_embeddings(
+            self.model, self.tokenizer, batch.column("text").to_pylist(), self.max_length, embeddings=self.embeddings)
+        table = pa.Table.from_pydict(
             {
                 "id": batch.column("id"),
                 "label": [self.labels[i] for i in probabilities.argmax(axis=1)] if len(probabilities) else [],
@@ -58,6 +61,10 @@ class StudentPredictor:
             },
             schema=PREDICTIONS,
         )
+        if self.embeddings:
+            table = table.append_column("embedding", pa.array(embeddings.astype("float32").tolist(),
+                                                              pa.list_(pa.float32())))
+        return table
 
 
 def run_predict(

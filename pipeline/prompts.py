@@ -34,6 +34,8 @@ def user_message(text: str) -> str:
 
 
 def assistant_message(rationale: str, label: str) -> str:
+    if not rationale.strip():
+        return f"{ANSWER_PREFIX} {label}"
     return f"Reasoning: {rationale.strip()}\n{ANSWER_PREFIX} {label}"
 
 

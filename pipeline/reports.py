@@ -99,6 +99,9 @@ def labeling_report(
             "truncated": total["truncated_rows"],
             "duplicates_removed": duplicates_removed,
         },
+        **({"per_row_demos": {"column": config.data.demos_column,
+                              "demos_dropped_to_fit_this_run": run.get("demos_dropped", 0)}}
+           if config.data.demos_column else {}),
         "votes": {"total": total["votes"], "abstained": total["abstained_votes"]},
         "label_distribution": label_distribution,
         "consistency_histogram": total["consistency_histogram"],
@@ -146,4 +149,7 @@ def format_labeling_report(report: dict[str, Any]) -> str:
         "  labels      " + ", ".join(f"{k}: {v}" for k, v in report["label_distribution"].items()),
         "  consistency " + ", ".join(f"{k}: {v}" for k, v in report["consistency_histogram"].items()),
     ]
+    if "per_row_demos" in report:
+        lines.append(f"  demos       per row ({report['per_row_demos']['column']}); "
+                     f"{report['per_row_demos']['demos_dropped_to_fit_this_run']} left out to fit the context")
     return "\n".join(lines)

@@ -137,7 +137,10 @@ def evaluation_texts(config: Config) -> list[str]:
 
 
 def run_step(config: Config, step: str, r: int, log: Callable[[str], None] = print) -> dict[str, Any]:
-    steps = {"seed": run_seed, "synthesize": run_synthesize, "mix": run_mix, "filter": run_filter}
+    from pipeline import freeal_steps
+
+    steps = {"seed": run_seed, "synthesize": run_synthesize, "mix": run_mix, "filter": run_filter,
+             "demos": freeal_steps.run_demos, "select": freeal_steps.run_select, "merge": freeal_steps.run_merge}
     if step not in steps:
         raise ValueError(f"unknown round step {step!r}; known: {sorted(steps)}")
     return steps[step](config, r, log)

@@ -13,6 +13,14 @@ synthesis). Round r >= 1 depends on ``rounds.strategy``:
   (``relabel``: its label replaces the intended one), and the student is
   retrained on the relabelled data (``train``) and, for comparison, on the
   intended labels (``train-intended``).
+- ``freeal`` (FreeAL, see :mod:`pipeline.freeal_steps`): round 0 has the
+  teacher write its own demos (``demos``) and label the corpus with them
+  (``label``); every round trains a student on the teacher's labels
+  (``warmup``), splits them into clean and noisy by the student's loss
+  (``select``) and trains the round's student on the clean rows plus
+  confident pseudo-labels (``train``); round r >= 1 first has the teacher
+  relabel round r-1's noisy rows with demos chosen per text (``relabel``) and
+  merges the new labels in (``merge``).
 
 The rounds stop after ``rounds.rounds`` or once the validation metric has not
 improved for ``rounds.patience`` rounds; the best round's student is copied
@@ -41,8 +49,9 @@ from typing import Any, Callable, Optional
 
 import pyarrow.fs as pafs
 
-from pipeline import storage
+from pipeline import freeal_steps, storage
 from pipeline.config import Config, ConfigError, dump_config
+from pipeline.corpus import open_corpus
 from pipeline.evaluate import load_gold
 from pipeline.round_steps import (
     RoundsLayout, base_labels_uri, extra_uri, relabel_report, relabelled_uri, round_data_uri, student_uri,
@@ -52,7 +61,7 @@ from pipeline.round_steps import (
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOG_TAIL_LINES = 40
 SUBMIT_RETRY_SECONDS = 120
-_PROGRESS = re.compile(r"^\[(label|distill|round \d+|seed|rounds)[\]:]|^(distillation report|  (rows|epochs|time|validation|test) )")
+_PROGRESS = re.compile(r"^\[(label|distill|round \d+|seed|rounds|freeal)[\]:]|^(distillation report|  (rows|epochs|time|validation|test) )")
 EXIT_AFTER_ENV = "RAYDISTILL_ROUNDS_EXIT_AFTER"  # test hook, see _exit_if_asked
 
 
@@ -91,7 +100,7 @@ def absolute_paths(config: Config) -> Config:
         test=fix(distill.test), extra_labels=[fix(p) for p in distill.extra_labels],
     )
     rounds = dataclasses.replace(config.rounds, output=fix(config.rounds.output),
-                                 working_dir=fix(config.rounds.working_dir))
+                                 working_dir=fix(config.rounds.working_dir), freeal_gold=fix(config.rounds.freeal_gold))
     return dataclasses.replace(config, teacher=teacher, data=data, student=student, distill=distill, rounds=rounds)
 
 
@@ -101,7 +110,11 @@ def preflight(config: Config) -> None:
     load_gold(config.distill.validation, label_names, "distill.validation", config.storage)
     if config.distill.test:
         load_gold(config.distill.test, label_names, "distill.test", config.storage)
-    if not config.rounds.seed_synthesis:
+    if config.rounds.strategy == "freeal":
+        open_corpus(config.data, config.storage)  # round 0 labels data.input itself
+        if config.rounds.freeal_gold:
+            load_gold(config.rounds.freeal_gold, label_names, "rounds.freeal_gold", config.storage)
+    elif not config.rounds.seed_synthesis:
         uri = base_labels_uri(config)
         fs, root = storage.resolve(uri, config.storage)
         if not storage.list_files(fs, storage.join(root, "data"), (".parquet",)):
@@ -204,29 +217,10 @@ class _Runner:
         self.manifest.save()
         self.log(f"[rounds] run {state['run_id']} in {self.layout.uri}, Jobs API at {_address(self.client)}")
         try:
-            if self.rounds.seed_synthesis:
-                self._step(0, "seed", self._step_entrypoint("seed", 0))
-            self._train(0)
-            stop = None
-            for r in range(1, self.rounds.rounds + 1):
-                stop = self._stop_reason(r)
-                if stop:
-                    break
-                mixing = self.rounds.strategy == "promptmix"
-                self._step(r, "mix" if mixing else "synthesize", self._step_entrypoint("mix" if mixing else "synthesize", r))
-                self._step(r, "filter", self._step_entrypoint("filter", r))
-                added = self._read_report(extra_uri(self.config, r), "report.json")["kept"]
-                if added == 0:
-                    stop = f"round {r}'s filtered synthesis added no examples"
-                    self._record_round(r, added=0, trained=False)
-                    break
-                if mixing:
-                    self._relabel(r)
-                    if self.rounds.compare_without_relabelling:
-                        self._train(r, arm="intended")
-                self._train(r)
+            if self.rounds.strategy == "freeal":
+                stop = self._run_freeal()
             else:
-                stop = f"ran all {self.rounds.rounds} rounds"
+                stop = self._run_synthesis()
         except StepFailed:
             state["status"] = "failed"
             self.manifest.save()
@@ -234,6 +228,69 @@ class _Runner:
         state["stop_reason"] = stop
         self._finish(time.time() - started)
         return state
+
+    def _run_synthesis(self) -> str:
+        """Error extrapolation or PromptMix: each round adds teacher-written examples."""
+        if self.rounds.seed_synthesis:
+            self._step(0, "seed", self._step_entrypoint("seed", 0))
+        self._train(0)
+        stop = None
+        for r in range(1, self.rounds.rounds + 1):
+            stop = self._stop_reason(r)
+            if stop:
+                break
+            mixing = self.rounds.strategy == "promptmix"
+            self._step(r, "mix" if mixing else "synthesize", self._step_entrypoint("mix" if mixing else "synthesize", r))
+            self._step(r, "filter", self._step_entrypoint("filter", r))
+            added = self._read_report(extra_uri(self.config, r), "report.json")["kept"]
+            if added == 0:
+                stop = f"round {r}'s filtered synthesis added no examples"
+                self._record_round(r, added=0, trained=False)
+                break
+            if mixing:
+                self._relabel(r)
+                if self.rounds.compare_without_relabelling:
+                    self._train(r, arm="intended")
+            self._train(r)
+        else:
+            stop = f"ran all {self.rounds.rounds} rounds"
+        return stop
+
+    def _run_freeal(self) -> str:
+        config = self.config
+        self._step(0, "demos", self._step_entrypoint("demos", 0))
+        self._step(0, "label", self._entrypoint("ray_jobs/label.py", [
+            freeal_steps.task_demos_override(config), f"data.output={freeal_steps.labels_uri(config, 0)}"]))
+        self._freeal_student(0)
+        for r in range(1, self.rounds.rounds + 1):
+            stop = self._stop_reason(r)
+            if stop:
+                return stop
+            previous = freeal_steps.selection_uri(config, r - 1)
+            if self._read_report(previous, "report.json")["to_relabel"] == 0:
+                return f"round {r - 1}'s selection left no noisy row to relabel"
+            self._step(r, "relabel", self._entrypoint("ray_jobs/label.py", [
+                f"data.input={previous}/relabel_input", "data.format=parquet", "data.id_column=id",
+                "data.text_column=text", "data.demos_column=demos",
+                f"data.output={relabelled_uri(config, r)}"]))
+            self._step(r, "merge", self._step_entrypoint("merge", r))
+            self._freeal_student(r)
+        return f"ran all {self.rounds.rounds} rounds"
+
+    def _freeal_student(self, r: int) -> None:
+        """Warm-up on the teacher's labels, small-loss selection, the round's student on the selection."""
+        config = self.config
+        labels = freeal_steps.labels_uri(config, r)
+        self._step(r, "warmup", self._entrypoint("ray_jobs/distill.py", [
+            f"distill.labels={labels}", "distill.extra_labels=[]",
+            f"distill.output={freeal_steps.warmup_uri(config, r)}"]))
+        self._step(r, "select", self._step_entrypoint("select", r))
+        data = f"{freeal_steps.selection_uri(config, r)}/student_data"
+        self._step(r, "train", self._entrypoint("ray_jobs/distill.py", [
+            f"distill.labels={data}", "distill.extra_labels=[]", f"distill.output={student_uri(config, r)}"]))
+        changed = self._read_report(self.layout.uri_of(*self.layout.round_dir(r)), "merge.json")["labels_changed"] \
+            if r > 0 else 0
+        self._record_round(r, added=changed, trained=True, data=[data])
 
     def _stop_reason(self, r: int) -> Optional[str]:
         trained = [int(q) for q, info in self.manifest.state["rounds"].items() if info.get("trained")]
@@ -286,6 +343,16 @@ class _Runner:
                 intended = self._read_report(student_uri(self.config, r, "intended"), "report.json")
                 info["without_relabelling"] = {"train_rows": intended["rows"]["train"],
                                                "evaluation": intended["evaluation"]}
+        if self.rounds.strategy == "freeal" and trained:
+            selection = self._read_report(freeal_steps.selection_uri(self.config, r), "report.json")
+            warmup = self._read_report(freeal_steps.warmup_uri(self.config, r), "report.json")
+            info["freeal"] = {
+                "labels_changed": added,
+                **{key: selection[key] for key in ("labelled_rows", "abstained_rows", "clean", "noisy",
+                                                   "pseudo_labelled", "to_relabel", "classes_without_clean_rows",
+                                                   "teacher_accuracy")},
+                "warmup_evaluation": warmup["evaluation"],
+            }
         if trained:
             report = self._read_report(student_uri(self.config, r), "report.json")
             info.update({
@@ -469,7 +536,25 @@ def summary_table(state: dict[str, Any], metric: str) -> str:
             lines.append(f"| {r} | {stats['examples']} | {stats['relabelled']} | {stats['unchanged']} | "
                          f"{stats['abstained']} | {stats['quarantined']} | "
                          f"{_score(with_relabel)} | {_score(without)} |")
+    freeal = [(r, state["rounds"][r]["freeal"], state["rounds"][r]) for r in sorted(state["rounds"], key=int)
+              if "freeal" in state["rounds"][r]]
+    if freeal:
+        lines += ["", "FreeAL: the teacher's labels per round, the student's small-loss split of them, and the "
+                  "student trained on them as they are (warm-up) against on the selection.", "",
+                  "| round | labels changed | clean | noisy | pseudo-labelled | to relabel | teacher accuracy | "
+                  "on clean rows | test accuracy, warm-up | test accuracy, selection |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r, info, record in freeal:
+            gold = info.get("teacher_accuracy") or {}
+            lines.append(
+                f"| {r} | {info['labels_changed']} | {info['clean']} | {info['noisy']} | {info['pseudo_labelled']} | "
+                f"{info['to_relabel']} | {_fraction(gold.get('accuracy'))} | {_fraction(gold.get('clean_accuracy'))} | "
+                f"{_score(info['warmup_evaluation'].get('test'))} | {_score(record.get('evaluation', {}).get('test'))} |")
     return "\n".join(lines)
+
+
+def _fraction(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _score(scores: Optional[dict[str, float]]) -> str:
@@ -497,13 +582,20 @@ def metrics_png(state: dict[str, Any], metric: str) -> bytes:
     ax.legend(loc="lower left")
     added = ax.twinx()
     added.bar(xs, [info["added"] for _, info in rounds], alpha=0.2, color="grey")
-    added.set_ylabel("examples added")
+    added.set_ylabel("labels changed" if any("freeal" in info for _, info in rounds) else "examples added")
     intended = [(r, info["without_relabelling"]["evaluation"]["test"][metric]) for r, info in rounds
                 if "test" in info.get("without_relabelling", {}).get("evaluation", {})]
     if intended:
         ax.plot(*zip(*intended), marker="x", linestyle="--", label=f"test {metric}, intended labels")
         ax.legend(loc="lower left")
-    ax.set_title("PromptMix rounds" if any("relabel" in info for _, info in rounds) else "error-extrapolation rounds")
+    warmup = [(r, info["freeal"]["warmup_evaluation"]["test"][metric]) for r, info in rounds
+              if "test" in info.get("freeal", {}).get("warmup_evaluation", {})]
+    if warmup:
+        ax.plot(*zip(*warmup), marker="x", linestyle="--", label=f"test {metric}, warm-up on raw labels")
+        ax.legend(loc="lower left")
+    titles = {"relabel": "PromptMix rounds", "freeal": "FreeAL rounds"}
+    ax.set_title(next((title for key, title in titles.items() if any(key in info for _, info in rounds)),
+                      "error-extrapolation rounds"))
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)

@@ -45,6 +45,7 @@ SHARD_SUMMARY = pa.schema(
         pa.field("abstentions", pa.int64()),
         pa.field("prompt_tokens", pa.int64()),
         pa.field("completion_tokens", pa.int64()),
+        pa.field("demos_dropped", pa.int64()),  # per-row demos left out so the prompt fits the context
         pa.field("seconds", pa.float64()),
     ]
 )

@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 import time
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -54,14 +54,30 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, pad_to_max: bool
 @torch.no_grad()
 def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
     """Class probabilities (rows x classes) for ``texts``."""
+    return predict_with_embeddings(model, tokenizer, texts, max_length, batch_size, embeddings=False)[0]
+
+
+@torch.no_grad()
+def predict_with_embeddings(
+    model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64, embeddings: bool = True,
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Class probabilities and, with ``embeddings``, the encoder's mean-pooled last hidden state per text."""
     model.eval()
     device = next(model.parameters()).device
-    out = []
+    probabilities, pooled = [], []
     for start in range(0, len(texts), batch_size):
         batch = tokenize(tokenizer, texts[start:start + batch_size], max_length, pad_to_max=False)
-        logits = model(**{k: torch.from_numpy(v).to(device) for k, v in batch.items()}).logits
-        out.append(logits.float().softmax(dim=-1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels))
+        inputs = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+        out = model(**inputs, output_hidden_states=embeddings)
+        probabilities.append(out.logits.float().softmax(dim=-1).cpu().numpy())
+        if embeddings:
+            mask = inputs["attention_mask"].unsqueeze(-1).float()
+            hidden = out.hidden_states[-1].float()
+            pooled.append(((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).cpu().numpy())
+    if not probabilities:
+        empty = np.zeros((0, model.config.num_labels))
+        return empty, (np.zeros((0, model.config.hidden_size)) if embeddings else None)
+    return np.concatenate(probabilities), (np.concatenate(pooled) if embeddings else None)
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ _ITEM = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|text\s*\d*\s*:)\s*", re.IGNORECAS
 _LABEL_LINE = re.compile(r"^\s*(?:label|class|category|sentiment|answer)\s*:\s*(.+)$", re.IGNORECASE)
 
 
-def _system(task: TaskConfig) -> dict[str, str]:
+def system_turn(task: TaskConfig) -> dict[str, str]:
     labels = "\n".join(f"- {label.name}: {label.description}" for label in task.labels)
     return {"role": "system", "content": f"{task.instruction.strip()}\n\nLabels:\n{labels}"}
 
@@ -42,7 +42,7 @@ def _system(task: TaskConfig) -> dict[str, str]:
 def reasons_messages(task: TaskConfig, label: str, n: int) -> list[dict[str, str]]:
     """Ask for ``n`` distinct reasons a text could carry ``label`` (one per line)."""
     return [
-        _system(task),
+        system_turn(task),
         {"role": "user", "content": (
             f"List {n} different reasons why a text would be labelled '{label}'. "
             "One short reason per line, no numbering, nothing else."
@@ -53,7 +53,7 @@ def reasons_messages(task: TaskConfig, label: str, n: int) -> list[dict[str, str
 def example_messages(task: TaskConfig, label: str, reason: str) -> list[dict[str, str]]:
     """Ask for one new text that carries ``label`` because of ``reason``."""
     return [
-        _system(task),
+        system_turn(task),
         {"role": "user", "content": (
             f"Write one realistic text that should be labelled '{label}' because: {reason}\n"
             "Answer with the text alone on one line, starting with 'Text:'."
@@ -64,7 +64,7 @@ def example_messages(task: TaskConfig, label: str, reason: str) -> list[dict[str
 def extrapolation_messages(task: TaskConfig, text: str, label: str, m: int) -> list[dict[str, str]]:
     """Ask for ``m`` new texts like a misclassified one, all carrying its gold label."""
     return [
-        _system(task),
+        system_turn(task),
         {"role": "user", "content": (
             f"A classifier got this text wrong. Its correct label is '{label}'.\n"
             f"<text>{text}</text>\n"
@@ -112,7 +112,7 @@ def mixing_messages(task: TaskConfig, mix: Mix) -> list[dict[str, str]]:
     descriptions = {label.name: label.description for label in task.labels}
     main, other = round(mix.alpha * 100), 100 - round(mix.alpha * 100)
     return [
-        _system(task),
+        system_turn(task),
         {"role": "user", "content": (
             f"Class '{mix.label}': {descriptions[mix.label]}\n"
             f"Class '{mix.partner}': {descriptions[mix.partner]}\n"

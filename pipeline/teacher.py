@@ -9,7 +9,9 @@ commits them as one parquet shard and returns a one-row summary.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import time
 from typing import Any, Optional
 
@@ -17,7 +19,7 @@ import pyarrow as pa
 
 from pipeline import prompts, schemas, storage
 from pipeline.answers import parse_answer
-from pipeline.config import ABSTAIN, Config, ConfigError, TaskConfig, TeacherConfig
+from pipeline.config import ABSTAIN, Config, ConfigError, Demo, TaskConfig, TeacherConfig
 from pipeline.votes import aggregate_votes
 
 def make_engine(teacher: TeacherConfig) -> Any:
@@ -32,6 +34,7 @@ def make_engine(teacher: TeacherConfig) -> Any:
         enable_prefix_caching=teacher.enable_prefix_caching,
         seed=teacher.seed,
         dtype=teacher.dtype,
+        enforce_eager=teacher.enforce_eager,
     )
 
 
@@ -94,6 +97,27 @@ class PromptRenderer:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def renderer_with_demos(
+    tokenizer: Any, task: TaskConfig, demos: list[Demo], max_model_len: int, max_tokens: int
+) -> tuple[PromptRenderer, int]:
+    """A renderer for ``task`` with a row's own ``demos``, and how many demos were left out.
+
+    Demos are dropped from the end (the least similar, as FreeAL orders them)
+    until the prompt leaves room for the text; with none left that fit, the
+    renderer's own error (the instruction alone is too long) is raised.
+    """
+    for keep in range(len(demos), -1, -1):
+        try:
+            renderer = PromptRenderer(tokenizer, dataclasses.replace(task, demos=demos[:keep]), max_model_len,
+                                      max_tokens)
+        except ConfigError:
+            if keep == 0:
+                raise
+            continue
+        return renderer, len(demos) - keep
+    raise AssertionError("unreachable")
+
+
 def shard_name(ids: list[str]) -> str:
     """Deterministic shard name from the ids it holds: a retried batch overwrites
     its own earlier shard instead of adding a second copy of its rows."""
@@ -138,6 +162,17 @@ class TeacherLabeler:
         self.renderer = PromptRenderer(
             self.llm.get_tokenizer(), config.task, teacher.max_model_len, teacher.max_tokens
         )
+        self._row_renderers: dict[str, tuple[PromptRenderer, int]] = {}
+
+    def _renderer_for(self, demos_json: str) -> tuple[PromptRenderer, int]:
+        if demos_json not in self._row_renderers:
+            if len(self._row_renderers) > 1024:
+                self._row_renderers.clear()
+            demos = [Demo(text=d["text"], label=d["label"]) for d in json.loads(demos_json)]
+            teacher = self.config.teacher
+            self._row_renderers[demos_json] = renderer_with_demos(
+                self.llm.get_tokenizer(), self.config.task, demos, teacher.max_model_len, teacher.max_tokens)
+        return self._row_renderers[demos_json]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from vllm import SamplingParams
@@ -149,7 +184,15 @@ class TeacherLabeler:
             return schemas.SHARD_SUMMARY.empty_table()
         ids = batch.column("id").to_pylist()
         texts = batch.column("text").to_pylist()
-        rendered = [self.renderer.render(text) for text in texts]
+        demos_dropped = 0
+        if "demos" in batch.column_names:  # each row with its own demos (FreeAL relabelling)
+            rendered = []
+            for text, demos_json in zip(texts, batch.column("demos").to_pylist()):
+                renderer, dropped = self._renderer_for(demos_json)
+                demos_dropped += dropped
+                rendered.append(renderer.render(text))
+        else:
+            rendered = [self.renderer.render(text) for text in texts]
         requests = [TokensPrompt(prompt_token_ids=token_ids) for token_ids, _ in rendered]
         # One request per text with n=k: the prompt is prefilled once for all k
         # samples. The engine-wide seed (teacher.seed) makes runs repeatable;
@@ -185,6 +228,7 @@ class TeacherLabeler:
                 "abstentions": [sum(1 for row in labelled if row["hard_label"] is None)],
                 "prompt_tokens": [sum(prompt_tokens)],
                 "completion_tokens": [sum(completion_tokens)],
+                "demos_dropped": [demos_dropped],
                 "seconds": [time.perf_counter() - started],
             },
             schema=schemas.SHARD_SUMMARY,

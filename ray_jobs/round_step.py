@@ -1,6 +1,6 @@
 """One synthesis step of a round, as a Ray job (submitted by `raydistill rounds`).
 
-    ray job submit --working-dir . -- python ray_jobs/round_step.py CONFIG {seed,synthesize,mix,filter} --round R
+    ray job submit --working-dir . -- python ray_jobs/round_step.py CONFIG {seed,synthesize,mix,filter,demos,select,merge} --round R
 """
 
 import sys

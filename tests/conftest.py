@@ -61,6 +61,7 @@ def make_config(tiny_teacher):
                 "gpu_memory_utilization": 0.2,
                 "max_model_len": 1024,
                 "dtype": "float32",
+                "enforce_eager": True,  # engines start in half the time
                 **(teacher or {}),
             },
             "data": {"input": input, "output": output, **(data or {})},

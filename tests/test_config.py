@@ -57,7 +57,7 @@ def test_int_is_accepted_for_float():
         ("task.labels.1.name", "negative", "task.labels[1].name: duplicate label 'negative'"),
         ("task.labels.0.name", "<abstain>", "task.labels[0].name: '<abstain>' is reserved"),
         ("task.demos.0.label", "happy", "task.demos[0].label: 'happy' is not one of"),
-        ("task.demos.0", {"text": "t", "label": "positive"}, "task.demos[0].rationale: required key is missing"),
+        ("task.demos.0", {"text": "t", "rationale": "r"}, "task.demos[0].label: required key is missing"),
         ("data.format", "xml", "data.format: must be auto, parquet, jsonl or csv"),
         ("teacher.tensor_parallel_size", 2, "teacher.gpus_per_actor: 1.0 GPUs cannot hold an engine spread over"),
         ("distill", {"output": "o", "mode": "mse"}, "distill.mode: must be cls, rgr or kl"),
@@ -126,7 +126,7 @@ def test_promptmix_settings_are_checked():
                rounds={"output": "r", "strategy": "promptmix"})
     assert config_from_dict(raw).rounds.mix_alpha_min == 0.5
     raw["rounds"]["strategy"] = "mixup"
-    with pytest.raises(ConfigError, match="rounds.strategy: must be extrapolation or promptmix, got 'mixup'"):
+    with pytest.raises(ConfigError, match="rounds.strategy: must be extrapolation, promptmix or freeal, got 'mixup'"):
         config_from_dict(raw)
     raw["rounds"].update(strategy="promptmix", mix_alpha_min=0.3)
     with pytest.raises(ConfigError, match=r"need 0.5 <= min <= max <= 1 .* got 0.3 and 0.9"):
@@ -140,3 +140,20 @@ def test_promptmix_settings_are_checked():
     raw["task"]["demos"] = [d for d in raw["task"]["demos"] if d["label"] == "negative"]
     with pytest.raises(ConfigError, match="task.labels: at least two labels are needed"):
         config_from_dict(raw)
+
+
+def test_freeal_settings_are_checked():
+    raw = copy.deepcopy(BASE)
+    raw.update(student={"model": "s"}, distill={"output": "d", "validation": "v.jsonl"},
+               rounds={"output": "r", "strategy": "freeal"})
+    assert config_from_dict(raw).rounds.freeal_split == "gmm"
+    for key, value, message in [
+        ("freeal_split", "median", "rounds.freeal_split: must be gmm or fraction, got 'median'"),
+        ("freeal_clean_fraction", 0.0, r"rounds.freeal_clean_fraction: must be in \(0, 1\], got 0.0"),
+        ("freeal_pseudo_confidence", 1.5, r"rounds.freeal_pseudo_confidence: must be in \(0, 1\], got 1.5"),
+        ("freeal_neighbours", 0, "rounds.freeal_neighbours: must be >= 1, got 0"),
+    ]:
+        bad = copy.deepcopy(raw)
+        bad["rounds"][key] = value
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict(bad)

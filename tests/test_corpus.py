@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import DataConfig, StorageConfig
-from pipeline.corpus import InputError, check_row, open_corpus, parse_jsonl_batch
+from pipeline.corpus import InputError, check_demos, check_row, open_corpus, parse_jsonl_batch
 
 
 @pytest.mark.parametrize(
@@ -86,3 +86,23 @@ def test_no_files_and_mixed_formats(tmp_path):
     with pytest.raises(InputError, match=r"mixes formats \['csv', 'jsonl'\]; set data.format"):
         open_corpus(data(tmp_path), StorageConfig())
     assert open_corpus(data(tmp_path, format="csv"), StorageConfig()).files == [str(tmp_path / "a.csv")]
+
+
+def test_per_row_demos_are_checked(tmp_path):
+    labels = ["negative", "positive"]
+    good = json.dumps([{"text": "Costs rose.", "label": "negative", "extra": 1}])
+    assert check_demos(good, labels) == ('[{"text": "Costs rose.", "label": "negative"}]', None)
+    assert check_demos("[]", labels) == ("[]", None)
+    for raw in ("not json", '{"text": "x", "label": "negative"}', '[{"text": "x"}]', None):
+        assert check_demos(raw, labels) == (None, 'demos are not a JSON list of {"text", "label"}'), raw
+    assert check_demos('[{"text": "x", "label": "great"}]', labels) == (
+        None, "demos have labels outside the label set: ['great']")
+
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text('{"id": "1", "text": "x", "demos": "[]"}\n')
+    with pytest.raises(InputError, match="data.demos_column: per-row demos need parquet input, got jsonl"):
+        open_corpus(data(jsonl, demos_column="demos"), StorageConfig())
+    pq_file = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"id": ["1"], "text": ["x"]}), pq_file)
+    with pytest.raises(InputError, match=r"data.demos_column: column 'demos' not found in .*p\.parquet"):
+        open_corpus(data(pq_file, demos_column="demos"), StorageConfig())

@@ -129,24 +129,34 @@ def test_label_job_end_to_end_with_bad_input(tmp_path, make_config, ray_cluster)
 
 
 @pytest.mark.slow
-def test_label_job_on_s3(tmp_path, make_config, ray_cluster, s3_endpoint, s3_bucket):
+def test_label_job_on_s3_with_per_row_demos(tmp_path, make_config, ray_cluster, s3_endpoint, s3_bucket):
+    """Parquet parts on S3, each row with its own demos (as FreeAL relabels); unusable demos quarantine a row."""
     storage_config = {"endpoint_url": s3_endpoint, "region": "us-east-1"}
     fs = pafs.S3FileSystem(endpoint_override=s3_endpoint.split("://")[1], scheme="http", region="us-east-1")
     rows = good_rows(30, prefix="s")
+    long_demo = {"text": "word " * 1200, "label": "neutral"}  # cannot fit 1024 tokens of context: left out
+    demos = [json.dumps([{"text": f"example {i}", "label": LABELS[i % 3]}, long_demo]) for i in range(30)]
+    demos[7] = json.dumps([{"text": "x", "label": "great"}])
     for part in range(2):
-        chunk = rows[part * 15:(part + 1) * 15]
-        table = pa.table({"id": [r["id"] for r in chunk], "text": [r["text"] for r in chunk]})
+        chunk = slice(part * 15, (part + 1) * 15)
+        table = pa.table({"id": [r["id"] for r in rows[chunk]], "text": [r["text"] for r in rows[chunk]],
+                          "demos": demos[chunk]})
         pq.write_table(table, f"{s3_bucket}/corpus/part-{part}.parquet", filesystem=fs)
-    config = make_config(f"s3://{s3_bucket}/corpus/", f"s3://{s3_bucket}/labels", storage=storage_config)
+    config = make_config(f"s3://{s3_bucket}/corpus/", f"s3://{s3_bucket}/labels", storage=storage_config,
+                         data={"demos_column": "demos"})
     report = run_labeling(config, log=lambda _: None)
 
     table = read_labelled(fs, f"{s3_bucket}/labels")
-    assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)
+    assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows if r["id"] != "s7")
     assert_rows_consistent(table, k=4)
-    assert report["rows"]["labelled_total"] == 30 and report["rows"]["quarantined"] == 0
+    assert report["rows"]["labelled_total"] == 29 and report["rows"]["quarantined"] == 1
+    assert report["rows"]["quarantine_reasons"] == {"demos have labels outside the label set: ['great']": 1}
+    assert report["per_row_demos"] == {"column": "demos", "demos_dropped_to_fit_this_run": 29}
+    quarantine = storage.read_parquet(fs, f"{s3_bucket}/labels/quarantine")
+    assert quarantine.column("id").to_pylist() == ["s7"]
+    assert quarantine.column_names == ["id", "text", "reason", "source"]
     assert storage.read_json(fs, f"{s3_bucket}/labels/report.json")["rows"]["input"] == 30
     assert storage.exists(fs, f"{s3_bucket}/labels/manifest.json")
-    assert not storage.exists(fs, f"{s3_bucket}/labels/quarantine")
 
 
 @pytest.mark.slow

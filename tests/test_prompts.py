@@ -26,7 +26,7 @@ def test_messages_hold_instruction_labels_demos_and_text():
 def test_prompt_hash_tracks_the_template_not_the_text():
     base = task()
     assert prompt_hash(base) == prompt_hash(task())
-    changed = dataclasses.replace(base, demos=[*base.demos, Demo("x", "y", "neutral")])
+    changed = dataclasses.replace(base, demos=[*base.demos, Demo("x", "neutral", "y")])
     assert prompt_hash(changed) != prompt_hash(base)
     assert len(prompt_hash(base)) == 16
 

@@ -21,9 +21,10 @@ import pytest
 import yaml
 
 from pipeline import storage
-from pipeline.config import ConfigError, DistillConfig, config_from_dict, RoundsConfig, StorageConfig, StudentConfig, to_dict
+from pipeline.config import ConfigError, Demo, DistillConfig, config_from_dict, RoundsConfig, StorageConfig, StudentConfig, to_dict
 from pipeline.evaluate import GoldSetError
-from pipeline.rounds import EXIT_AFTER_ENV, job_client, run_rounds
+from pipeline.prompts import prompt_hash
+from pipeline.rounds import EXIT_AFTER_ENV, job_client, metrics_png, run_rounds, summary_table
 from tests.conftest import LABELS, _free_port
 from tests.test_distill import labelled_rows, tiny_student, write_gold, write_labelled  # noqa: F401
 
@@ -221,6 +222,73 @@ def test_a_promptmix_round_relabels_with_the_labelling_job_and_trains_both_ways(
 
 
 @pytest.mark.slow
+def test_a_freeal_round_labels_selects_relabels_and_merges(rounds_config, tmp_path):
+    fs, bucket = rounds_config.fs, rounds_config.bucket
+    texts = [row["text"] for row in labelled_rows(60)]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"c{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(json.dumps({"text": t, "label": LABELS[i % 3]}) + "\n" for i, t in enumerate(texts)))
+    config = rounds_config(output=f"s3://{bucket}/freeal", strategy="freeal", rounds=1, freeal_split="fraction",
+                           freeal_neighbours=2, freeal_demos_per_class=2, freeal_pseudo_confidence=0.34,
+                           freeal_gold=_upload(fs, gold, f"{bucket}/freeal-gold/gold.jsonl"))
+    config = dataclasses.replace(config, data=dataclasses.replace(
+        config.data, input=_upload(fs, corpus, f"{bucket}/freeal-corpus/corpus.jsonl"), output="unused"))
+    # Stopped right after round 1's merge: round 1's student steps are round 0's again (CI time).
+    stopped = _run_cli(config, tmp_path, {EXIT_AFTER_ENV: "1/merge"})
+    assert stopped.returncode == 75, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    state = storage.read_json(fs, f"{bucket}/freeal/manifest.json")
+    assert set(state["steps"]) == {"0/demos", "0/label", "0/warmup", "0/select", "0/train", "1/relabel", "1/merge"}
+    assert all(step["status"] == "succeeded" for step in state["steps"].values())
+    root = f"{bucket}/freeal/rounds"
+    demos = storage.read_json(fs, f"{root}/0/demos.json")
+    assert all(d["label"] in LABELS for d in demos["demos"])
+    assert sum(demos["per_label"].values()) == len(demos["demos"]) <= 3 * 2
+    # Round 0: the labelling job labelled the whole corpus with the teacher's own demos.
+    labels0 = storage.read_parquet(fs, f"{root}/0/labels/data")
+    assert sorted(labels0.column("id").to_pylist()) == sorted(f"c{i}" for i in range(60))
+    manifest0 = storage.read_json(fs, f"{root}/0/labels/manifest.json")
+    assert manifest0["prompt_hash"] == prompt_hash(dataclasses.replace(
+        config.task, demos=[Demo(d["text"], d["label"]) for d in demos["demos"]]))
+
+    r = 0  # round 0's selection and student
+    selection = storage.read_json(fs, f"{root}/{r}/selection/report.json")
+    labelled = selection["labelled_rows"]
+    assert labelled + selection["abstained_rows"] == 60
+    assert selection["clean"] + selection["noisy"] == labelled
+    # fraction 0.5: ceil(n / 2) clean rows per class
+    assert all(c["clean"] == -(-(c["clean"] + c["noisy"]) // 2) for c in selection["per_class"].values())
+    assert selection["to_relabel"] == selection["noisy"] + selection["abstained_rows"]
+    assert selection["student_rows"] == selection["clean"] + selection["pseudo_labelled"]
+    student_data = storage.read_parquet(fs, f"{root}/{r}/selection/student_data/data")
+    assert student_data.num_rows == selection["student_rows"]
+    assert len(set(student_data.column("id").to_pylist())) == student_data.num_rows
+    relabel = storage.read_parquet(fs, f"{root}/{r}/selection/relabel_input").to_pylist()
+    assert len(relabel) == selection["to_relabel"]
+    assert all(len(json.loads(row["demos"])) <= 2 for row in relabel)
+    assert selection["teacher_accuracy"]["matched_rows"] == labelled
+    student = storage.read_json(fs, f"{root}/{r}/student/report.json")
+    assert student["rows"]["labelled"] == selection["student_rows"]
+    info = state["rounds"][str(r)]["freeal"]
+    assert info["clean"] == selection["clean"] and "test" in info["warmup_evaluation"]
+
+    # Round 1: the noisy rows of round 0 were relabelled (each with its own demos) and merged in.
+    relabelled = storage.read_parquet(fs, f"{root}/1/relabelled/data")
+    noisy0 = storage.read_parquet(fs, f"{root}/0/selection/relabel_input")
+    assert sorted(relabelled.column("id").to_pylist()) == sorted(noisy0.column("id").to_pylist())
+    merge = storage.read_json(fs, f"{root}/1/merge.json")
+    labels1 = storage.read_parquet(fs, f"{root}/1/labels/data")
+    assert merge["rows"] == labels1.num_rows == 60
+    before = dict(zip(labels0.column("id").to_pylist(), labels0.column("hard_label").to_pylist()))
+    after = dict(zip(labels1.column("id").to_pylist(), labels1.column("hard_label").to_pylist()))
+    assert merge["labels_changed"] == sum(before[i] != after[i] for i in before)
+    assert all(before[i] == after[i] for i in before if i not in set(noisy0.column("id").to_pylist()))
+    relabel_report = storage.read_json(fs, f"{root}/1/relabelled/report.json")
+    assert relabel_report["per_row_demos"]["column"] == "demos"
+    assert f"relabelling changed {merge['labels_changed']} of 60 labels" in stopped.stdout
+
+
+@pytest.mark.slow
 def test_a_failing_step_is_reported_with_its_log_and_the_manifest_stays_readable(rounds_config, tmp_path):
     config = rounds_config()
     broken = dataclasses.replace(config, student=dataclasses.replace(config.student, model=str(tmp_path / "none")))
@@ -268,3 +336,21 @@ def test_bad_gold_sets_fail_before_any_job(tmp_path, make_config, tiny_student):
     raw["distill"]["validation"] = None
     with pytest.raises(ConfigError, match="distill.validation: rounds need a gold validation set"):
         config_from_dict(raw)
+
+
+def test_summary_tables_show_each_strategy_s_extra_columns():
+    evaluation = {name: {"accuracy": acc, "macro_f1": acc / 2} for name, acc in (("validation", 0.5), ("test", 0.25))}
+    state = {"best": {"round": 1}, "steps": {"0/train": {"seconds": 10}, "1/train": {"seconds": 5}}, "rounds": {
+        "0": {"added": 0, "trained": True, "train_rows": 10, "evaluation": evaluation, "freeal": {
+            "labels_changed": 0, "clean": 6, "noisy": 4, "pseudo_labelled": 1, "to_relabel": 4,
+            "teacher_accuracy": {"accuracy": 0.7, "clean_accuracy": 0.9}, "warmup_evaluation": evaluation}},
+        "1": {"added": 3, "trained": True, "train_rows": 12, "evaluation": evaluation, "relabel": {
+            "examples": 5, "relabelled": 2, "unchanged": 2, "abstained": 1, "quarantined": 0},
+              "without_relabelling": {"evaluation": evaluation}},
+    }}
+    table = summary_table(state, "accuracy")
+    assert "| 0 | 0 | 10 | 0.5000 | 0.2500 | 0.2500 | 0.1250 | 10 |" in table
+    assert "| 1 (best) | 3 | 12 |" in table
+    assert "| 1 | 5 | 2 | 2 | 1 | 0 | 0.2500 | 0.2500 |" in table  # PromptMix relabelling
+    assert "| 0 | 0 | 6 | 4 | 1 | 4 | 0.7000 | 0.9000 | 0.2500 | 0.2500 |" in table  # FreeAL
+    assert metrics_png(state, "accuracy").startswith(b"\x89PNG")
