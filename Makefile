@@ -11,5 +11,6 @@ smoke: install
 	.venv/bin/raydistill label examples/financial_sentiment.yaml --smoke
 	.venv/bin/raydistill distill examples/financial_sentiment.yaml --smoke
 
+# Two pytest processes side by side (see the script); `.venv/bin/python -m pytest tests` runs the same.
 test: install
-	.venv/bin/python -m pytest tests
+	bash scripts/test.sh
