@@ -25,7 +25,7 @@ distribution for that text. Demos help exactly when the student's nearest
 clean neighbours carry the text's true label, which is what FreeAL relies on;
 a real LLM's response to demos is not measured here.
 
-    .venv/bin/python bench/freeal_quality.py [--datasets trec] [--pool-rows 400] [--rounds 2] [--json OUT]
+    .venv/bin/python bench/freeal_quality.py [--datasets sst2 trec] [--pool-rows 400] [--rounds 2] [--json OUT]
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["trec"])
+    parser.add_argument("--datasets", nargs="+", default=["sst2"])
     parser.add_argument("--pool-rows", type=int, default=400, dest="train_rows")
     parser.add_argument("--validation-rows", type=int, default=250)
     parser.add_argument("--test-rows", type=int, default=500)

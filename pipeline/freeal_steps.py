@@ -174,8 +174,9 @@ def run_select(config: Config, r: int, log: Callable[[str], None]) -> dict[str, 
     predicted = probabilities.argmax(axis=1)
     pseudo = noisy & (probabilities.max(axis=1) >= rounds.freeal_pseudo_confidence)
 
-    demo_rows, without = diverse_demos(embeddings, losses, labels, clean, rounds.freeal_demos_per_class,
-                                       rounds.freeal_demo_pool)
+    demo_rows, _ = diverse_demos(embeddings, losses, labels, clean, rounds.freeal_demos_per_class,
+                                 rounds.freeal_demo_pool)
+    without = [i for i in range(len(names)) if i not in demo_rows]  # no clean row, or no row at all
     pool = np.array(sorted(i for rows in demo_rows.values() for i in rows), dtype=int)
     texts = labelled.column("text").to_pylist()
     ids = labelled.column("id").to_pylist()
