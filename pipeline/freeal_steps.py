@@ -46,34 +46,28 @@ from pipeline.evaluate import load_gold
 from pipeline.filters import Candidate, filter_candidates
 from pipeline.freeal import diverse_demos, nearest_demos, small_loss_split
 from pipeline.generate import generate, request
+from pipeline.round_steps import (
+    RoundsLayout, init_ray, evaluation_texts, labelled_rows, round_uri,
+)
 
 RELABEL_INPUT = pa.schema([("id", pa.string()), ("text", pa.string()), ("demos", pa.string())])
 STYLE_TEXTS = 3  # unlabelled texts shown to the teacher when it writes its own demos
 
 
-def _layout(config: Config):
-    from pipeline.round_steps import RoundsLayout
-
-    return RoundsLayout.of(config)
-
-
 def labels_uri(config: Config, r: int) -> str:
-    layout = _layout(config)
-    return layout.uri_of(*layout.round_dir(r, "labels"))
+    return round_uri(config, r, "labels")
 
 
 def warmup_uri(config: Config, r: int) -> str:
-    layout = _layout(config)
-    return layout.uri_of(*layout.round_dir(r, "warmup"))
+    return round_uri(config, r, "warmup")
 
 
 def selection_uri(config: Config, r: int) -> str:
-    layout = _layout(config)
-    return layout.uri_of(*layout.round_dir(r, "selection"))
+    return round_uri(config, r, "selection")
 
 
 def demos_path(config: Config) -> tuple[Any, str]:
-    layout = _layout(config)
+    layout = RoundsLayout.of(config)
     return layout.fs, layout.path(*layout.round_dir(0, "demos.json"))
 
 
@@ -98,8 +92,8 @@ def run_demos(config: Config, r: int, log: Callable[[str], None]) -> dict[str, A
     """The teacher writes ``rounds.freeal_demos_per_label`` demos per label (round 0 only)."""
     started = time.time()
     rounds, task = config.rounds, config.task
-    layout = _layout(config)
-    _init_ray()
+    layout = RoundsLayout.of(config)
+    init_ray()
     corpus = open_corpus(config.data, config.storage)
     style = [row["text"] for row in read_corpus(corpus).filter(lambda row: row["problem"] is None).take(STYLE_TEXTS)]
     n = rounds.freeal_demos_per_label
@@ -110,8 +104,6 @@ def run_demos(config: Config, r: int, log: Callable[[str], None]) -> dict[str, A
         found = [c for text in answer["completions"] for c in synthesis.parse_examples(
             text, label, task.label_names, ["Some unlabelled texts from the data set", "in the same style"])]
         parsed += found or [Candidate(None, label, problem=answer["problem"] or "empty answer")]
-    from pipeline.round_steps import evaluation_texts
-
     kept, dropped = filter_candidates(parsed, task.label_names, [], evaluation_texts(config),
                                       min_chars=rounds.min_chars, max_chars=rounds.max_chars,
                                       threshold=rounds.near_duplicate_threshold)
@@ -154,7 +146,7 @@ def task_demos_override(config: Config) -> str:
 def run_select(config: Config, r: int, log: Callable[[str], None]) -> dict[str, Any]:
     started = time.time()
     rounds, names = config.rounds, config.task.label_names
-    layout = _layout(config)
+    layout = RoundsLayout.of(config)
     folder = layout.round_dir(r, "selection")
     storage.delete_dir(layout.fs, layout.path(*folder))
     fs, root = storage.resolve(labels_uri(config, r), config.storage)
@@ -197,16 +189,12 @@ def run_select(config: Config, r: int, log: Callable[[str], None]) -> dict[str, 
     train_rows = [{"text": texts[i], "label": names[labels[i]], "source": "clean"} for i in np.flatnonzero(clean)]
     train_rows += [{"text": texts[i], "label": names[predicted[i]], "source": "student pseudo-label"}
                    for i in np.flatnonzero(pseudo)]
-    from pipeline.round_steps import labelled_rows
-
-    student_data = labelled_rows([{**row, "prompt_tokens": 0, "completion_tokens": 0} for row in train_rows],
-                                 config.task, config.teacher.model, f"freeal-r{r}")
     # ids follow the labelling job's, so a text that occurs twice keeps two rows
-    student_data = student_data.set_column(0, "id", pa.array(
-        [ids[i] for i in np.flatnonzero(clean)] + [ids[i] for i in np.flatnonzero(pseudo)], pa.string()))
-    student_data = student_data.set_column(
-        student_data.schema.get_field_index("rationale"), "rationale",
-        pa.array([f"FreeAL round {r} selection: {row['source']}" for row in train_rows], pa.string()))
+    student_data = labelled_rows(
+        [{**row, "prompt_tokens": 0, "completion_tokens": 0} for row in train_rows], config.task,
+        config.teacher.model, f"freeal-r{r}",
+        ids=[ids[i] for i in np.flatnonzero(clean)] + [ids[i] for i in np.flatnonzero(pseudo)],
+        rationale=f"FreeAL round {r} selection: {{source}}")
     storage.write_parquet_atomic(layout.fs, layout.path(*folder, "student_data", "data", "part-0.parquet"),
                                  student_data)
     storage.write_json(layout.fs, layout.path(*folder, "student_data", "manifest.json"),
@@ -286,7 +274,7 @@ def _gold_accuracy(config: Config, texts: list[str], labels: list[str], clean: n
 
 def run_merge(config: Config, r: int, log: Callable[[str], None]) -> dict[str, Any]:
     started = time.time()
-    layout = _layout(config)
+    layout = RoundsLayout.of(config)
     out = layout.round_dir(r, "labels")
     storage.delete_dir(layout.fs, layout.path(*out))
     fs, root = storage.resolve(labels_uri(config, r - 1), config.storage)
@@ -322,10 +310,3 @@ def run_merge(config: Config, r: int, log: Callable[[str], None]) -> dict[str, A
     storage.write_json(layout.fs, layout.path(*layout.round_dir(r, "merge.json")), report)
     log(f"[freeal] round {r}: relabelling changed {changed} of {table.num_rows} labels")
     return report
-
-
-def _init_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)

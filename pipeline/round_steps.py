@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -77,21 +77,24 @@ def base_labels_uri(config: Config) -> str:
     return config.distill.labels or config.data.output
 
 
-def extra_uri(config: Config, r: int) -> str:
+def round_uri(config: Config, r: int, *parts: str) -> str:
+    """URI of ``rounds/<r>/<parts...>`` under ``rounds.output``."""
     layout = RoundsLayout.of(config)
-    return layout.uri_of(*layout.round_dir(r, "extra"))
+    return layout.uri_of(*layout.round_dir(r, *parts))
+
+
+def extra_uri(config: Config, r: int) -> str:
+    return round_uri(config, r, "extra")
 
 
 def student_uri(config: Config, r: int, arm: str = "") -> str:
     """Round r's student; ``arm="intended"``: the PromptMix comparison trained without relabelling."""
-    layout = RoundsLayout.of(config)
-    return layout.uri_of(*layout.round_dir(r, f"student-{arm}" if arm else "student"))
+    return round_uri(config, r, f"student-{arm}" if arm else "student")
 
 
 def relabelled_uri(config: Config, r: int) -> str:
-    """PromptMix: the labelling job's output on round r's filtered examples."""
-    layout = RoundsLayout.of(config)
-    return layout.uri_of(*layout.round_dir(r, "relabelled"))
+    """PromptMix and FreeAL: the labelling job's output on round r's examples to relabel."""
+    return round_uri(config, r, "relabelled")
 
 
 def round_data_uri(config: Config, r: int) -> str:
@@ -155,7 +158,7 @@ def run_seed(config: Config, r: int, log: Callable[[str], None]) -> dict[str, An
     rounds, task = config.rounds, config.task
     layout = RoundsLayout.of(config)
     storage.delete_dir(layout.fs, layout.path("seed"))
-    _init_ray()
+    init_ray()
 
     asked = [request(f"reasons/{label}", synthesis.reasons_messages(task, label, rounds.reasons_per_label))
              for label in task.label_names]
@@ -244,7 +247,7 @@ def _ask_and_store(
 ) -> dict[str, Any]:
     """Generate, parse at most ``limit`` examples per answer, store the candidates and synthesis.json."""
     extra = layout.round_dir(r, "extra")
-    _init_ray()
+    init_ray()
     answers = generate(config, asked, log, f"round {r}: {report['step']}")
     candidates = _parse(config, answers, sources, limit=limit)
     storage.write_parquet_atomic(layout.fs, layout.path(*extra, "candidates.parquet"), candidates)
@@ -351,20 +354,23 @@ def _filter_and_write(
     }
 
 
-def labelled_rows(rows: list[dict[str, Any]], task: TaskConfig, teacher_model: str, id_prefix: str) -> pa.Table:
-    """Synthetic examples in the labelling job's schema: one vote for the intended label."""
+def labelled_rows(rows: list[dict[str, Any]], task: TaskConfig, teacher_model: str, id_prefix: str,
+                  ids: Optional[list[str]] = None, rationale: str = "synthetic, from {source}") -> pa.Table:
+    """Rows in the labelling job's schema with one vote for ``row["label"]`` (synthetic examples, FreeAL's
+    selection). Ids are ``id_prefix`` plus a hash of the text unless ``ids`` are given."""
     label_names = task.label_names
     one_hot = {name: [1.0 if other == name else 0.0 for other in label_names] for name in label_names}
     prompt_hash = synthesis.prompt_hash(task)
     return pa.Table.from_pydict({
-        "id": [f"{id_prefix}-{hashlib.sha256(row['text'].encode()).hexdigest()[:20]}" for row in rows],
+        "id": ids if ids is not None else [
+            f"{id_prefix}-{hashlib.sha256(row['text'].encode()).hexdigest()[:20]}" for row in rows],
         "text": [row["text"] for row in rows],
         "votes": [[row["label"]] for row in rows],
         "hard_label": [row["label"] for row in rows],
         "soft_label": [one_hot[row["label"]] for row in rows],
         "consistency": [1.0] * len(rows),
         "n_valid": [1] * len(rows),
-        "rationale": [f"synthetic, from {row['source']}" for row in rows],
+        "rationale": [rationale.format(source=row["source"]) for row in rows],
         "prompt_tokens": [row["prompt_tokens"] for row in rows],
         "completion_tokens": [row["completion_tokens"] for row in rows],
         "truncated": [False] * len(rows),
@@ -392,7 +398,7 @@ def _count(column: pa.ChunkedArray) -> dict[str, int]:
     return counts
 
 
-def _init_ray() -> None:
+def init_ray() -> None:
     import ray
 
     if not ray.is_initialized():

@@ -54,7 +54,8 @@ from pipeline.config import Config, ConfigError, dump_config
 from pipeline.corpus import open_corpus
 from pipeline.evaluate import load_gold
 from pipeline.round_steps import (
-    RoundsLayout, base_labels_uri, extra_uri, relabel_report, relabelled_uri, round_data_uri, student_uri,
+    RoundsLayout, base_labels_uri, extra_uri, relabel_report, relabelled_uri, round_data_uri, round_uri,
+    student_uri,
     validation_errors,
 )
 
@@ -234,13 +235,14 @@ class _Runner:
         if self.rounds.seed_synthesis:
             self._step(0, "seed", self._step_entrypoint("seed", 0))
         self._train(0)
+        mixing = self.rounds.strategy == "promptmix"
+        write = "mix" if mixing else "synthesize"
         stop = None
         for r in range(1, self.rounds.rounds + 1):
             stop = self._stop_reason(r)
             if stop:
                 break
-            mixing = self.rounds.strategy == "promptmix"
-            self._step(r, "mix" if mixing else "synthesize", self._step_entrypoint("mix" if mixing else "synthesize", r))
+            self._step(r, write, self._step_entrypoint(write, r))
             self._step(r, "filter", self._step_entrypoint("filter", r))
             added = self._read_report(extra_uri(self.config, r), "report.json")["kept"]
             if added == 0:
@@ -269,10 +271,8 @@ class _Runner:
             previous = freeal_steps.selection_uri(config, r - 1)
             if self._read_report(previous, "report.json")["to_relabel"] == 0:
                 return f"round {r - 1}'s selection left no noisy row to relabel"
-            self._step(r, "relabel", self._entrypoint("ray_jobs/label.py", [
-                f"data.input={previous}/relabel_input", "data.format=parquet", "data.id_column=id",
-                "data.text_column=text", "data.demos_column=demos",
-                f"data.output={relabelled_uri(config, r)}"]))
+            self._step(r, "relabel", self._entrypoint("ray_jobs/label.py", _relabel_overrides(
+                f"{previous}/relabel_input", relabelled_uri(config, r)) + ["data.demos_column=demos"]))
             self._step(r, "merge", self._step_entrypoint("merge", r))
             self._freeal_student(r)
         return f"ran all {self.rounds.rounds} rounds"
@@ -288,8 +288,7 @@ class _Runner:
         data = f"{freeal_steps.selection_uri(config, r)}/student_data"
         self._step(r, "train", self._entrypoint("ray_jobs/distill.py", [
             f"distill.labels={data}", "distill.extra_labels=[]", f"distill.output={student_uri(config, r)}"]))
-        changed = self._read_report(self.layout.uri_of(*self.layout.round_dir(r)), "merge.json")["labels_changed"] \
-            if r > 0 else 0
+        changed = self._read_report(round_uri(config, r), "merge.json")["labels_changed"] if r > 0 else 0
         self._record_round(r, added=changed, trained=True, data=[data])
 
     def _stop_reason(self, r: int) -> Optional[str]:
@@ -324,8 +323,7 @@ class _Runner:
 
     def _relabel(self, r: int) -> None:
         """PromptMix: the labelling job, unchanged, labels round r's filtered examples."""
-        overrides = [f"data.input={extra_uri(self.config, r)}/data", "data.format=parquet", "data.id_column=id",
-                     "data.text_column=text", f"data.output={relabelled_uri(self.config, r)}"]
+        overrides = _relabel_overrides(f"{extra_uri(self.config, r)}/data", relabelled_uri(self.config, r))
         self._step(r, "relabel", self._entrypoint("ray_jobs/label.py", overrides))
         report = relabel_report(self.config, r)
         storage.write_json(self.layout.fs, self.layout.path(*self.layout.round_dir(r, "relabel.json")), report)
@@ -496,6 +494,12 @@ def _exit_if_asked(point: str) -> None:
     """Test hook: $RAYDISTILL_ROUNDS_EXIT_AFTER=<round>/<step>[:submitted] dies like a killed process there."""
     if os.environ.get(EXIT_AFTER_ENV) == point:
         os._exit(75)
+
+
+def _relabel_overrides(input_uri: str, output_uri: str) -> list[str]:
+    """``--set`` overrides that point the labelling job at a round's own parquet (``id``, ``text``)."""
+    return [f"data.input={input_uri}", "data.format=parquet", "data.id_column=id", "data.text_column=text",
+            f"data.output={output_uri}"]
 
 
 def _yaml_list(items: list[str]) -> str:
