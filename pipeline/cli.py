@@ -19,7 +19,16 @@ SMOKE_ROOT = Path("runs/smoke")
 
 def smoke_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
     """The same job with a tiny random teacher built on the spot, on CPU, writing under ``root``."""
+    from pipeline import storage
     from pipeline.smoke import build_tiny_teacher
+
+    if not storage.is_s3(config.data.input) and not Path(config.data.input).exists():
+        raise ConfigError(
+            f"data.input: {config.data.input} does not exist (from {Path.cwd()}). The example config reads "
+            "Financial PhraseBank from ../shared/data, so the checkout must sit beside shared/; elsewhere "
+            "point the config at the data, e.g. --set data.input=/path/to/train.jsonl "
+            "(and distill.validation / distill.test for the distillation job)"
+        )
 
     teacher_path = build_tiny_teacher(root / "teacher", config.task.label_names)
     teacher = dataclasses.replace(
