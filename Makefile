@@ -4,12 +4,12 @@
 install:
 	bash scripts/install.sh
 
-# The whole pipeline on the embedded default (a local Ray cluster, local files):
-# label with a tiny random teacher, then distil into a tiny random student, both
-# built on the spot. The labels are noise: this shows the machinery, not quality.
+# The whole pipeline on the embedded default (a local Ray cluster, local files), on the
+# example data that ships in examples/data/: label with a tiny random teacher, then distil
+# into a tiny random student, both built on the spot. The labels are noise: this shows the
+# machinery, not quality. (`raydistill label|distill CONFIG --smoke` run the two halves.)
 smoke: install
-	.venv/bin/raydistill label examples/financial_sentiment.yaml --smoke
-	.venv/bin/raydistill distill examples/financial_sentiment.yaml --smoke
+	.venv/bin/raydistill smoke examples/banking_support.yaml
 
 # Two pytest processes side by side (see the script); `.venv/bin/python -m pytest tests` runs the same.
 test: install

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import time
 from pathlib import Path
 
+from pipeline.cluster import VERBOSE_ENV, quiet_libraries
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.corpus import InputError
 from pipeline.distill import LabelDataError
@@ -24,10 +27,9 @@ def smoke_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
 
     if not storage.is_s3(config.data.input) and not Path(config.data.input).exists():
         raise ConfigError(
-            f"data.input: {config.data.input} does not exist (from {Path.cwd()}). The example config reads "
-            "Financial PhraseBank from ../shared/data, so the checkout must sit beside shared/; elsewhere "
-            "point the config at the data, e.g. --set data.input=/path/to/train.jsonl "
-            "(and distill.validation / distill.test for the distillation job)"
+            f"data.input: {config.data.input} does not exist (relative paths are read from the current "
+            f"directory, {Path.cwd()}). Run from the project root, where the example data ships in "
+            "examples/data/, or point the config at your data, e.g. --set data.input=/path/to/train.jsonl"
         )
 
     teacher_path = build_tiny_teacher(root / "teacher", config.task.label_names)
@@ -42,6 +44,7 @@ def smoke_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
         temperature=1.0,
         dtype="float32",
         enforce_eager=True,
+        engine_in_actor=True,
     )
     data = dataclasses.replace(config.data, output=str((root / config.task.name / "labels").resolve()))
     return dataclasses.replace(config, teacher=teacher, data=data)
@@ -68,17 +71,31 @@ def smoke_distill_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
     )
 
 
+def _config_parser(name: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"raydistill {name}", description=description)
+    parser.add_argument("config", help="YAML config file (local path or s3:// URI)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one config value (YAML), e.g. --set distill.epochs=1; repeatable")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"also show Ray's own progress bars and the actors' logs (or set {VERBOSE_ENV}=1)")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read by pipeline.cluster, here and in jobs this process submits
+    quiet_libraries()
+    return load_config(args.config, args.set)
+
+
 def _config_job(argv, name: str, description: str, smoke_help: str, make_smoke, run, describe, output) -> int:
     """A job that takes one config file and an optional --smoke switch."""
     from pipeline.smoke import SMOKE_WARNING
 
-    parser = argparse.ArgumentParser(prog=f"raydistill {name}", description=description)
-    parser.add_argument("config", help="YAML config file (local path or s3:// URI)")
+    parser = _config_parser(name, description)
     parser.add_argument("--smoke", action="store_true", help=smoke_help)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override one config value (YAML), e.g. --set distill.epochs=1; repeatable")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.set)
+    config = _load(args)
     if args.smoke:
         print(f"!! {SMOKE_WARNING}", flush=True)
         config = make_smoke(config)
@@ -137,6 +154,49 @@ def predict_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def smoke_main(argv: list[str] | None = None) -> int:
+    """Label, then distil, on tiny random models in one Ray session; say how long each part took."""
+    from pipeline.cluster import init_ray
+    from pipeline.distill import format_distill_report, run_distill
+    from pipeline.labeling import run_labeling
+    from pipeline.reports import format_labeling_report
+    from pipeline.smoke import SMOKE_WARNING
+
+    parser = _config_parser("smoke", "The whole pipeline (label, then distil) on tiny random models built on "
+                                     "the spot: offline, on CPU, in minutes. The labels are noise.")
+    args = parser.parse_args(argv)
+    started = time.time()
+    config = _load(args)
+    print(f"!! {SMOKE_WARNING}", flush=True)
+    times: dict[str, float] = {}
+
+    def timed(part: str, step):
+        begin = time.time()
+        result = step()
+        times[part] = time.time() - begin
+        return result
+
+    label_config = timed("build tiny teacher", lambda: smoke_config(config))
+    timed("start Ray", init_ray)
+    label_report = timed("label", lambda: run_labeling(label_config, smoke=True))
+    print(format_labeling_report(label_report), flush=True)
+    distill_config = timed("build tiny student", lambda: smoke_distill_config(config))
+    distill_report = timed("distill", lambda: run_distill(distill_config, smoke=True))
+    print(format_distill_report(distill_report))
+    label_time, distill_time = label_report["time"], distill_report["time"]
+    print(f"smoke run: {time.time() - started:.0f}s in all (outputs under {SMOKE_ROOT / config.task.name}/)")
+    for part, seconds in times.items():
+        detail = ""
+        if part == "label":
+            detail = (f" ({label_time['labelling_seconds']}s streaming {label_report['rows']['labelled_this_run']} rows "
+                      f"through the engine, start-up included)")
+        elif part == "distill":
+            detail = f" ({distill_time['train_seconds']}s Ray Train, {distill_report['epochs']} epochs)"
+        print(f"  {part:<20}{seconds:6.1f}s{detail}")
+    print(f"!! {SMOKE_WARNING}")
+    return 0
+
+
 def smoke_rounds_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
     """Rounds over the smoke labels with the tiny teacher and student (run `make smoke` first)."""
     from pipeline.config import RoundsConfig
@@ -183,21 +243,52 @@ def round_step_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"label": label_main, "distill": distill_main, "predict": predict_main, "rounds": rounds_main,
-            "round-step": round_step_main}
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def init_main(argv: list[str] | None = None) -> int:
+    types = sorted(path.stem for path in TEMPLATES.glob("*.yaml"))
+    parser = argparse.ArgumentParser(prog="raydistill init",
+                                     description="Write a commented starter config for a new task.")
+    parser.add_argument("type", nargs="?", default="classification", choices=types, help="task type")
+    parser.add_argument("-o", "--output", default="raydistill.yaml", help="file to write (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
+    args = parser.parse_args(argv)
+    target = Path(args.output)
+    if target.exists() and not args.force:
+        raise ConfigError(f"{target} exists; pass --force to overwrite it or -o to write elsewhere")
+    target.write_text((TEMPLATES / f"{args.type}.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    print(f"wrote {target} ({args.type}). Edit task and data.input, then: raydistill label {target} --smoke")
+    return 0
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed("raydistill")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+COMMANDS = {"init": init_main, "smoke": smoke_main, "label": label_main, "distill": distill_main,
+            "predict": predict_main, "rounds": rounds_main, "round-step": round_step_main}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        print(f"raydistill {version()}")
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: raydistill {{{','.join(COMMANDS)}}} ... (see raydistill COMMAND --help)", file=sys.stderr)
+        print(f"usage: raydistill {{{','.join(COMMANDS)}}} ... (see raydistill COMMAND --help) | raydistill --version",
+              file=sys.stderr)
         return 2
     try:
         return COMMANDS[argv[0]](argv[1:])
     except (ConfigError, InputError, SchemaError, LabelDataError, GoldSetError, StepFailed) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-
 
 
 if __name__ == "__main__":

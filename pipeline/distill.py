@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from pipeline import schemas, storage
+from pipeline.cluster import init_ray
 from pipeline.config import Config, ConfigError, StudentConfig, to_dict
 from pipeline.evaluate import evaluate, format_evaluation, load_gold, predictions_table, write_evaluation
 from pipeline.selection import DEFAULT_MIN_CONSISTENCY, keep_mask, kept_at_thresholds
@@ -79,7 +80,7 @@ def run_distill(config: Config, *, smoke: bool = False, log: Callable[[str], Non
         f"{scan['train_rows']} train rows, {scan['holdout_rows']} teacher hold-out rows"
     )
 
-    _init_ray()
+    init_ray()
     train = _train_dataset(sources, label_names, threshold, student, holdout=not gold.get("validation"))
     train_started = time.time()
     run_id = uuid.uuid4().hex
@@ -147,13 +148,6 @@ def _require(section: Any, name: str) -> Any:
     if section is None:
         raise ConfigError(f"{name}: this job needs the {name} section of the config")
     return section
-
-
-def _init_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
 
 
 def _manifest(config: Config, threshold: float, labels_uri: str) -> dict[str, Any]:
@@ -289,6 +283,7 @@ class _Encoder:
 
 def _train_dataset(sources: list[LabelSource], label_names, threshold, student, holdout) -> Any:
     import ray.data
+    from ray.data import ActorPoolStrategy
 
     parts = [ray.data.read_parquet(s.files, filesystem=s.fs).select_columns(TRAIN_COLUMNS) for s in sources]
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
@@ -297,7 +292,7 @@ def _train_dataset(sources: list[LabelSource], label_names, threshold, student, 
         fn_constructor_kwargs={"student": student, "label_names": label_names, "threshold": threshold,
                                "holdout": holdout},
         batch_format="pyarrow",
-        concurrency=1,
+        compute=ActorPoolStrategy(size=1),
     )
     # Materialised before training: the train workers hold the cluster's CPUs,
     # and the encoded rows are small next to the model.

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schemas, storage, synthesis
+from pipeline.cluster import init_ray
 from pipeline.config import Config, TaskConfig
 from pipeline.corpus import open_corpus, read_corpus
 from pipeline.evaluate import load_gold
@@ -47,7 +48,7 @@ from pipeline.filters import Candidate, filter_candidates
 from pipeline.freeal import diverse_demos, nearest_demos, small_loss_split
 from pipeline.generate import generate, request
 from pipeline.round_steps import (
-    RoundsLayout, init_ray, evaluation_texts, labelled_rows, round_uri,
+    RoundsLayout, evaluation_texts, labelled_rows, round_uri,
 )
 
 RELABEL_INPUT = pa.schema([("id", pa.string()), ("text", pa.string()), ("demos", pa.string())])
@@ -93,9 +94,11 @@ def run_demos(config: Config, r: int, log: Callable[[str], None]) -> dict[str, A
     started = time.time()
     rounds, task = config.rounds, config.task
     layout = RoundsLayout.of(config)
+    from ray.data.expressions import col
+
     init_ray()
     corpus = open_corpus(config.data, config.storage)
-    style = [row["text"] for row in read_corpus(corpus).filter(lambda row: row["problem"] is None).take(STYLE_TEXTS)]
+    style = [row["text"] for row in read_corpus(corpus).filter(expr=col("problem").is_null()).take(STYLE_TEXTS)]
     n = rounds.freeal_demos_per_label
     asked = [request(f"demos/{label}", demo_messages(task, label, n, style)) for label in task.label_names]
     answers = generate(config, asked, log, "freeal: demos")
@@ -240,7 +243,7 @@ def score_rows(model: str, config: Config, table: pa.Table) -> tuple[np.ndarray,
     scored = ray.data.from_arrow(table.select(["id", "text"])).map_batches(
         StudentPredictor, fn_constructor_kwargs={"model_dir": model, "storage_config": config.storage,
                                                  "embeddings": True},
-        batch_size=256, batch_format="pyarrow", concurrency=1,
+        batch_size=256, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
     ).to_arrow_refs()
     result = pa.concat_tables(ray.get(scored))
     order = {row_id: i for i, row_id in enumerate(result.column("id").to_pylist())}

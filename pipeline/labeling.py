@@ -20,13 +20,14 @@ import collections
 import dataclasses
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import prompts, reports, storage
+from pipeline.cluster import init_ray
 from pipeline.config import Config, ConfigError
 from pipeline.corpus import open_corpus, read_corpus
 from pipeline.teacher import PromptRenderer, TeacherLabeler, engine_pool_options
@@ -73,7 +74,7 @@ def run_labeling(config: Config, *, smoke: bool = False, log: Callable[[str], No
     storage.claim_output(out.fs, out.manifest, manifest, config.data.output, "data.output")
     log(f"[label] {len(corpus.files)} {corpus.format} file(s) from {config.data.input}")
 
-    _init_ray()
+    init_ray()
     rows = read_corpus(corpus, config.task.label_names)
     index = rows.select_columns(["id", "problem"]).materialize()
     duplicates = _duplicate_ids(index)
@@ -101,14 +102,6 @@ def run_labeling(config: Config, *, smoke: bool = False, log: Callable[[str], No
     )
     storage.write_json(fs, out.report, report)
     return report
-
-
-def _init_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        # Inside `ray job submit` this joins the cluster; locally it starts one.
-        ray.init(log_to_driver=True)
 
 
 def _check_prompt_fits(config: Config) -> None:
@@ -151,9 +144,11 @@ def committed_ids(out: OutputLayout) -> pa.Array:
 
 def _duplicate_ids(index: Any) -> pa.Array:
     """Ids that occur on more than one valid input row (a Ray Data group-by)."""
-    valid = index.filter(lambda row: row["problem"] is None).select_columns(["id"])
+    from ray.data.expressions import col
+
+    valid = index.filter(expr=col("problem").is_null()).select_columns(["id"])
     counted = valid.groupby("id").count()
-    dups = counted.filter(lambda row: row["count()"] > 1).take_all()
+    dups = counted.filter(expr=col("count()") > 1).take_all()
     return pa.array(sorted(row["id"] for row in dups), pa.string())
 
 
@@ -222,13 +217,15 @@ def _label(
              "seconds": 0.0}
     if todo == 0:
         return stats
-    done_ref = ray.put(done)
+    # Only a resumed run has committed ids to skip; a fresh run's actors then get no object-store
+    # argument (one would keep them from restarting cleanly, ray-project/ray#53727).
+    done_ref = ray.put(done) if len(done) else None
 
     def pending(batch: pa.Table) -> pa.Table:
         batch = _mark_duplicates(batch, duplicates)
         keep = pc.is_null(batch.column("problem"))
-        committed = ray.get(done_ref)
-        if len(committed):
+        if done_ref is not None:
+            committed = ray.get(done_ref)
             keep = pc.and_(keep, pc.invert(pc.fill_null(pc.is_in(batch.column("id"), value_set=committed), False)))
         return batch.filter(keep).select(["id", "text", *(["demos"] if "demos" in batch.column_names else [])])
 
@@ -249,31 +246,44 @@ def _label(
 
 
 class Progress:
-    """Prints rows done, rates and an ETA at most every ``every`` seconds."""
+    """Prints rows done, rates and an ETA at most every ``every`` seconds.
 
-    def __init__(self, total: int, log: Callable[[str], None], every: float = 5.0):
-        self.total, self.log, self.every = total, log, every
-        self.start = self.last = time.time()
+    Rates and the ETA are measured from the first finished batch on: before it
+    the engines are still starting, and counting that time would make the
+    first ETA absurd (hours for a job of minutes).
+    """
+
+    def __init__(self, total: int, log: Callable[[str], None], every: float = 5.0,
+                 clock: Callable[[], float] = time.time):
+        self.total, self.log, self.every, self.clock = total, log, every, clock
+        self.start = self.last = clock()
         self.rows = self.tokens = 0
+        self.first: Optional[tuple[float, int, int]] = None  # (time, rows, tokens) at the first batch
 
     def elapsed(self) -> float:
-        return time.time() - self.start
+        return self.clock() - self.start
 
     def update(self, rows: int, tokens: int) -> None:
         self.rows += rows
         self.tokens += tokens
-        if time.time() - self.last >= self.every:
-            self.last = time.time()
+        now = self.clock()
+        if self.first is None:
+            self.first = (now, self.rows, self.tokens)
+            self.log(f"[label] engines running after {now - self.start:.0f}s; first batch done")
+            self.last = now
+        elif now - self.last >= self.every:
+            self.last = now
             self.log(self.line())
 
     def line(self) -> str:
-        elapsed = max(self.elapsed(), 1e-9)
-        rate = self.rows / elapsed
-        eta = (self.total - self.rows) / rate if rate > 0 else float("inf")
-        return (
-            f"[label] {self.rows}/{self.total} rows ({100 * self.rows / max(self.total, 1):.0f}%) | "
-            f"{rate:.1f} rows/s | {self.tokens / elapsed:.0f} completion tokens/s | ETA {eta:.0f}s"
-        )
+        done = f"[label] {self.rows}/{self.total} rows ({100 * self.rows / max(self.total, 1):.0f}%)"
+        if self.first is None or self.rows == self.first[1]:
+            return f"{done} | engines starting ({self.elapsed():.0f}s)"
+        since, rows0, tokens0 = self.first
+        seconds = max(self.clock() - since, 1e-9)
+        rate = (self.rows - rows0) / seconds
+        eta = (self.total - self.rows) / rate
+        return f"{done} | {rate:.1f} rows/s | {(self.tokens - tokens0) / seconds:.0f} completion tokens/s | ETA {eta:.0f}s"
 
     def finish(self) -> None:
         self.log(self.line())

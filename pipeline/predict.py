@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from pipeline import storage
+from pipeline.cluster import init_ray
 from pipeline.config import DataConfig, StorageConfig
 from pipeline.corpus import open_corpus, read_corpus
 
@@ -83,21 +84,21 @@ def run_predict(
 
     Rows without an id or a usable text go to ``quarantine/`` with the reason.
     """
-    import ray
+    from ray.data import ActorPoolStrategy
+    from ray.data.expressions import col
 
     started = time.time()
     corpus = open_corpus(
         DataConfig(input=input_uri, output=output_uri, id_column=id_column, text_column=text_column),
         storage_config,
     )
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+    init_ray()
     out_fs, out_root = storage.resolve(output_uri, storage_config)
     for part in ("data", "quarantine"):
         storage.delete_dir(out_fs, storage.join(out_root, part))
     rows = read_corpus(corpus).materialize()
-    good = rows.filter(lambda row: row["problem"] is None)
-    bad = rows.filter(lambda row: row["problem"] is not None)
+    good = rows.filter(expr=col("problem").is_null())
+    bad = rows.filter(expr=col("problem").is_not_null())
     n_bad = bad.count()
     if n_bad:
         bad.write_parquet(storage.join(out_root, "quarantine"), filesystem=out_fs)
@@ -106,7 +107,7 @@ def run_predict(
         fn_constructor_kwargs={"model_dir": model_dir, "storage_config": storage_config, "use_gpu": use_gpu},
         batch_size=batch_size,
         batch_format="pyarrow",
-        concurrency=concurrency,
+        compute=ActorPoolStrategy(size=concurrency),
         num_gpus=1 if use_gpu else 0,
     )
     predictions.write_parquet(storage.join(out_root, "data"), filesystem=out_fs)

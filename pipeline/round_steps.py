@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schemas, storage, synthesis
+from pipeline.cluster import init_ray
 from pipeline.config import Config, TaskConfig
 from pipeline.evaluate import load_gold
 from pipeline.filters import Candidate, filter_candidates
@@ -397,9 +398,3 @@ def _count(column: pa.ChunkedArray) -> dict[str, int]:
             counts[value] = counts.get(value, 0) + 1
     return counts
 
-
-def init_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)

@@ -50,6 +50,7 @@ from typing import Any, Callable, Optional
 import pyarrow.fs as pafs
 
 from pipeline import freeal_steps, storage
+from pipeline.cluster import VERBOSE_ENV, verbose
 from pipeline.config import Config, ConfigError, dump_config
 from pipeline.corpus import open_corpus
 from pipeline.evaluate import load_gold
@@ -460,6 +461,8 @@ class _Runner:
 
     def _runtime_env(self) -> dict[str, Any]:
         env_vars = {"TOKENIZERS_PARALLELISM": "false"}
+        if verbose():
+            env_vars[VERBOSE_ENV] = "1"
         if self.config.storage.endpoint_url:
             env_vars["AWS_ENDPOINT_URL"] = self.config.storage.endpoint_url  # the job reads config.yaml there
         return {"working_dir": str(self.rounds.working_dir or PROJECT_ROOT), "env_vars": env_vars}

@@ -51,7 +51,8 @@ def build_tiny_teacher(path: str | Path, label_names: Sequence[str], corpus: Seq
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     training_text = list(corpus) + [" ".join(_BASE_WORDS)] * 4 + list(label_names)
     bpe.train_from_iterator(training_text, trainer=trainer)
@@ -120,7 +121,7 @@ def build_tiny_student(path: str | Path, corpus: Sequence[str] = ()) -> Path:
     wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
     wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     wordpiece.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=1000, special_tokens=specials)
+    trainer = trainers.WordPieceTrainer(vocab_size=1000, special_tokens=specials, show_progress=False)
     wordpiece.train_from_iterator(list(corpus) + [" ".join(_BASE_WORDS)] * 4, trainer=trainer)
     cls_id, sep_id = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
     wordpiece.post_processor = processors.TemplateProcessing(

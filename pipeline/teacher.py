@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from typing import Any, Optional
 
@@ -24,6 +25,9 @@ from pipeline.votes import aggregate_votes
 
 def make_engine(teacher: TeacherConfig) -> Any:
     """The teacher's vLLM engine, built from its config (labelling and synthesis share it)."""
+    if teacher.engine_in_actor:
+        # Read by vLLM when the engine is built; set in this (actor) process only.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM
 
     return LLM(
@@ -40,10 +44,12 @@ def make_engine(teacher: TeacherConfig) -> Any:
 
 def engine_pool_options(teacher: TeacherConfig) -> dict[str, Any]:
     """``map_batches`` options for a pool of teacher actors, one engine each."""
+    from ray.data import ActorPoolStrategy
+
     return {
         "batch_size": teacher.batch_size,
         "batch_format": "pyarrow",
-        "concurrency": teacher.num_actors,
+        "compute": ActorPoolStrategy(size=teacher.num_actors),
         "num_gpus": teacher.gpus_per_actor,
         "num_cpus": teacher.cpus_per_actor,
     }

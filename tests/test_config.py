@@ -26,11 +26,11 @@ def with_(path: str, value):
 
 
 def test_example_config_loads():
-    config = load_config("examples/financial_sentiment.yaml")
-    assert config.task.label_names == ["negative", "neutral", "positive"]
+    config = load_config("examples/banking_support.yaml")
+    assert len(config.task.label_names) == 8 and "card_arrival" in config.task.label_names
     assert config.teacher.samples == 8
-    assert config.data.input.endswith("financial_phrasebank/train.jsonl")
-    assert config.distill.mode == "cls" and config.student.max_length == 128
+    assert config.data.input == "examples/data/banking_support/train.jsonl"
+    assert config.distill.mode == "cls" and config.student.max_length == 64
 
 
 def test_defaults_fill_optional_fields():

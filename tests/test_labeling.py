@@ -221,3 +221,21 @@ def test_remove_duplicate_ids_keeps_one_row_per_id(tmp_path):
         ("1", 1), ("2", 2), ("3", 3)
     ]
     assert remove_duplicate_ids(out) == 0
+
+
+def test_progress_measures_rates_from_the_first_finished_batch():
+    from pipeline.labeling import Progress
+
+    now = [0.0]
+    lines: list[str] = []
+    progress = Progress(1000, lines.append, every=5.0, clock=lambda: now[0])
+    assert progress.line() == "[label] 0/1000 rows (0%) | engines starting (0s)"
+    now[0] = 60.0  # the engines took a minute to start
+    progress.update(100, 1000)
+    assert lines == ["[label] engines running after 60s; first batch done"]
+    now[0] = 70.0  # 200 more rows in 10 s: 20 rows/s, 700 rows left
+    progress.update(200, 3000)
+    assert lines[-1] == "[label] 300/1000 rows (30%) | 20.0 rows/s | 300 completion tokens/s | ETA 35s"
+    now[0] = 71.0
+    progress.update(10, 0)  # within `every`: no line
+    assert len(lines) == 2

@@ -80,7 +80,8 @@ def rounds_config(tmp_path, make_config, tiny_student, s3_endpoint, s3_bucket, r
         config = make_config(labels_uri, labels_uri, storage={"endpoint_url": s3_endpoint},
                              teacher={"max_tokens": 48, "samples": 1})
         distill = DistillConfig(output="unused", labels=labels_uri, validation=validation, test=test, epochs=1,
-                                batch_size=16, learning_rate=1e-3, num_workers=2)
+                                batch_size=16, learning_rate=1e-3,
+                                num_workers=1)  # DDP itself is tested in test_distill; one worker process less per job
         settings = {"output": f"s3://{s3_bucket}/rounds", "address": ray_head, "rounds": 2, "patience": 5,
                     "examples_per_error": 2, "max_errors": 6, "min_chars": 4, "poll_seconds": 0.5, **rounds}
         return dataclasses.replace(config, student=StudentConfig(model=str(tiny_student), max_length=24),
