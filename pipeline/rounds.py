@@ -479,6 +479,7 @@ class _Runner:
         model_uri = self.layout.uri_of("model")
         src_fs, src = storage.resolve(best["model"], self.config.storage)
         storage.delete_dir(self.layout.fs, self.layout.path("model"))
+        self.layout.fs.create_dir(self.layout.path("model"), recursive=True)  # a local copy needs the folder
         pafs.copy_files(src, self.layout.path("model"), source_filesystem=src_fs, destination_filesystem=self.layout.fs)
         state["model"] = model_uri
         table = summary_table(state, self.rounds.metric)

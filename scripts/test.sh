@@ -6,9 +6,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-"$PY" -m pytest tests/test_rounds.py "$@" > >(sed -u 's/^/[test_rounds] /') 2>&1 &
+# The ten slowest tests of each run are listed at the end: where CI's time goes.
+"$PY" -m pytest tests/test_rounds.py --durations=10 "$@" > >(sed -u 's/^/[test_rounds] /') 2>&1 &
 rounds=$!
-"$PY" -m pytest tests --ignore=tests/test_rounds.py "$@"
+"$PY" -m pytest tests --ignore=tests/test_rounds.py --durations=10 "$@"
 rest=$?
 wait "$rounds"
 rounds_status=$?

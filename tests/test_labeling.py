@@ -161,7 +161,7 @@ def test_label_job_on_s3_with_per_row_demos(tmp_path, make_config, ray_cluster, 
 
 @pytest.mark.slow
 def test_killed_job_resumes_with_one_row_per_id(tmp_path, make_config, ray_cluster):
-    corpus = write_jsonl(tmp_path / "corpus.jsonl", good_rows(240))
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", good_rows(120))
     config = make_config(str(corpus), str(tmp_path / "out"), teacher={"batch_size": 8, "max_tokens": 32})
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(to_dict(config)))
@@ -181,14 +181,14 @@ def test_killed_job_resumes_with_one_row_per_id(tmp_path, make_config, ray_clust
         job.wait()
     time.sleep(1)
     committed_before = len(committed_ids(OutputLayout(pafs.LocalFileSystem(), str(tmp_path / "out"))))
-    assert 0 < committed_before < 240, "the kill must land part-way through"
+    assert 0 < committed_before < 120, "the kill must land part-way through"
 
     report = run_labeling(config, log=lambda _: None)
     table = read_labelled(pafs.LocalFileSystem(), str(tmp_path / "out"))
     ids = table.column("id").to_pylist()
-    assert len(ids) == len(set(ids)) == 240
+    assert len(ids) == len(set(ids)) == 120
     assert report["rows"]["skipped_already_committed"] == committed_before
-    assert report["rows"]["labelled_this_run"] == 240 - committed_before
+    assert report["rows"]["labelled_this_run"] == 120 - committed_before
     assert report["rows"]["duplicates_removed"] == 0
     assert_rows_consistent(table, k=4)
 

@@ -62,33 +62,47 @@ def _s3(endpoint: str, bucket: str):
     return storage.resolve(f"s3://{bucket}", StorageConfig(endpoint_url=endpoint))[0]
 
 
-def _upload(fs, local: Path, key: str) -> str:
-    pafs.copy_files(str(local), key, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-    return f"s3://{key}"
-
-
 @pytest.fixture
 def rounds_config(tmp_path, make_config, tiny_student, s3_endpoint, s3_bucket, ray_head):  # noqa: F811
     """Round-0 labels, gold validation/test sets and the rounds output, all in S3."""
-    fs = _s3(s3_endpoint, s3_bucket)
-    labels = write_labelled(tmp_path / "labels", labelled_rows(120))
-    labels_uri = _upload(fs, labels, f"{s3_bucket}/labels")
-    validation = _upload(fs, write_gold(tmp_path / "validation.jsonl", 30, seed=2), f"{s3_bucket}/gold/validation.jsonl")
-    test = _upload(fs, write_gold(tmp_path / "test.jsonl", 30, seed=3), f"{s3_bucket}/gold/test.jsonl")
+    return _rounds_setup(tmp_path, make_config, tiny_student, ray_head, _s3(s3_endpoint, s3_bucket), s3_bucket,
+                         "s3://", {"endpoint_url": s3_endpoint})
+
+
+@pytest.fixture
+def local_rounds_config(tmp_path, make_config, tiny_student, ray_head):  # noqa: F811
+    """The same on local disk, which the jobs of this machine's Ray head share: the strategy tests spend
+    their time on the strategies, not on moto (S3 is the extrapolation and failing-step tests' storage)."""
+    root = tmp_path / "store"
+    root.mkdir()
+    return _rounds_setup(tmp_path, make_config, tiny_student, ray_head, pafs.LocalFileSystem(), str(root), "", {})
+
+
+def _rounds_setup(tmp_path, make_config, student, head, fs, root: str, scheme: str, storage_settings: dict):
+    def upload(local: Path, key: str) -> str:
+        if not local.is_dir():
+            fs.create_dir(f"{root}/{key}".rsplit("/", 1)[0], recursive=True)
+        pafs.copy_files(str(local), f"{root}/{key}", source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=fs)
+        return f"{scheme}{root}/{key}"
+
+    labels_uri = upload(write_labelled(tmp_path / "labels", labelled_rows(120)), "labels")
+    validation = upload(write_gold(tmp_path / "validation.jsonl", 30, seed=2), "gold/validation.jsonl")
+    test = upload(write_gold(tmp_path / "test.jsonl", 30, seed=3), "gold/test.jsonl")
 
     def make(**rounds):
-        config = make_config(labels_uri, labels_uri, storage={"endpoint_url": s3_endpoint},
+        config = make_config(labels_uri, labels_uri, storage=storage_settings,
                              teacher={"max_tokens": 48, "samples": 1})
         distill = DistillConfig(output="unused", labels=labels_uri, validation=validation, test=test, epochs=1,
                                 batch_size=16, learning_rate=1e-3,
                                 num_workers=1)  # DDP itself is tested in test_distill; one worker process less per job
-        settings = {"output": f"s3://{s3_bucket}/rounds", "address": ray_head, "rounds": 2, "patience": 5,
+        settings = {"output": f"{scheme}{root}/rounds", "address": head, "rounds": 2, "patience": 5,
                     "examples_per_error": 2, "max_errors": 6, "min_chars": 4, "poll_seconds": 0.5, **rounds}
-        return dataclasses.replace(config, student=StudentConfig(model=str(tiny_student), max_length=24),
+        return dataclasses.replace(config, student=StudentConfig(model=str(student), max_length=24),
                                    distill=distill, rounds=RoundsConfig(**settings))
 
-    make.fs = fs
-    make.bucket = s3_bucket
+    make.fs, make.bucket, make.upload = fs, root, upload
+    make.uri = lambda key: f"{scheme}{root}/{key}"
     return make
 
 
@@ -172,9 +186,10 @@ def test_two_rounds_survive_kills_after_synthesis_and_while_a_job_runs(rounds_co
 
 
 @pytest.mark.slow
-def test_a_promptmix_round_relabels_with_the_labelling_job_and_trains_both_ways(rounds_config):
+def test_a_promptmix_round_relabels_with_the_labelling_job_and_trains_both_ways(local_rounds_config):
+    rounds_config = local_rounds_config
     fs, bucket = rounds_config.fs, rounds_config.bucket
-    config = rounds_config(output=f"s3://{bucket}/promptmix", strategy="promptmix", rounds=1, mix_per_class=4,
+    config = rounds_config(output=rounds_config.uri("promptmix"), strategy="promptmix", rounds=1, mix_per_class=4,
                            mix_per_request=2)
     lines: list[str] = []
     state = run_rounds(config, log=lines.append)
@@ -223,18 +238,19 @@ def test_a_promptmix_round_relabels_with_the_labelling_job_and_trains_both_ways(
 
 
 @pytest.mark.slow
-def test_a_freeal_round_labels_selects_relabels_and_merges(rounds_config, tmp_path):
+def test_a_freeal_round_labels_selects_relabels_and_merges(local_rounds_config, tmp_path):
+    rounds_config = local_rounds_config
     fs, bucket = rounds_config.fs, rounds_config.bucket
     texts = [row["text"] for row in labelled_rows(60)]
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"c{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
     gold = tmp_path / "gold.jsonl"
     gold.write_text("".join(json.dumps({"text": t, "label": LABELS[i % 3]}) + "\n" for i, t in enumerate(texts)))
-    config = rounds_config(output=f"s3://{bucket}/freeal", strategy="freeal", rounds=1, freeal_split="fraction",
+    config = rounds_config(output=rounds_config.uri("freeal"), strategy="freeal", rounds=1, freeal_split="fraction",
                            freeal_neighbours=2, freeal_demos_per_class=2, freeal_pseudo_confidence=0.34,
-                           freeal_gold=_upload(fs, gold, f"{bucket}/freeal-gold/gold.jsonl"))
+                           freeal_gold=rounds_config.upload(gold, "freeal-gold/gold.jsonl"))
     config = dataclasses.replace(config, data=dataclasses.replace(
-        config.data, input=_upload(fs, corpus, f"{bucket}/freeal-corpus/corpus.jsonl"), output="unused"))
+        config.data, input=rounds_config.upload(corpus, "freeal-corpus/corpus.jsonl"), output="unused"))
     # Stopped right after round 1's merge: round 1's student steps are round 0's again (CI time).
     stopped = _run_cli(config, tmp_path, {EXIT_AFTER_ENV: "1/merge"})
     assert stopped.returncode == 75, stopped.stdout[-3000:] + stopped.stderr[-3000:]
