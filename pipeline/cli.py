@@ -183,16 +183,14 @@ def smoke_main(argv: list[str] | None = None) -> int:
     distill_config = timed("build tiny student", lambda: smoke_distill_config(config))
     distill_report = timed("distill", lambda: run_distill(distill_config, smoke=True))
     print(format_distill_report(distill_report))
-    label_time, distill_time = label_report["time"], distill_report["time"]
+    details = {
+        "label": f" ({label_report['time']['labelling_seconds']}s streaming "
+                 f"{label_report['rows']['labelled_this_run']} rows through the engine, its start-up included)",
+        "distill": f" ({distill_report['time']['train_seconds']}s in Ray Train, {distill_report['epochs']} epochs)",
+    }
     print(f"smoke run: {time.time() - started:.0f}s in all (outputs under {SMOKE_ROOT / config.task.name}/)")
     for part, seconds in times.items():
-        detail = ""
-        if part == "label":
-            detail = (f" ({label_time['labelling_seconds']}s streaming {label_report['rows']['labelled_this_run']} rows "
-                      f"through the engine, start-up included)")
-        elif part == "distill":
-            detail = f" ({distill_time['train_seconds']}s Ray Train, {distill_report['epochs']} epochs)"
-        print(f"  {part:<20}{seconds:6.1f}s{detail}")
+        print(f"  {part:<20}{seconds:6.1f}s{details.get(part, '')}")
     print(f"!! {SMOKE_WARNING}")
     return 0
 
