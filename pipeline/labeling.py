@@ -277,9 +277,11 @@ class Progress:
 
     def line(self) -> str:
         done = f"[label] {self.rows}/{self.total} rows ({100 * self.rows / max(self.total, 1):.0f}%)"
-        if self.first is None or self.rows == self.first[1]:
+        if self.first is None:
             return f"{done} | engines starting ({self.elapsed():.0f}s)"
         since, rows0, tokens0 = self.first
+        if self.rows == rows0:  # one batch done: no rate to measure yet
+            return f"{done} | {self.elapsed():.0f}s"
         seconds = max(self.clock() - since, 1e-9)
         rate = (self.rows - rows0) / seconds
         eta = (self.total - self.rows) / rate

@@ -233,6 +233,7 @@ def test_progress_measures_rates_from_the_first_finished_batch():
     now[0] = 60.0  # the engines took a minute to start
     progress.update(100, 1000)
     assert lines == ["[label] engines running after 60s; first batch done"]
+    assert progress.line() == "[label] 100/1000 rows (10%) | 60s"  # a one-batch job's last line
     now[0] = 70.0  # 200 more rows in 10 s: 20 rows/s, 700 rows left
     progress.update(200, 3000)
     assert lines[-1] == "[label] 300/1000 rows (30%) | 20.0 rows/s | 300 completion tokens/s | ETA 35s"
