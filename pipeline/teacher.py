@@ -1,10 +1,13 @@
 """The teacher: one vLLM engine per Ray actor, labelling batches of texts.
 
 ``TeacherLabeler`` is the callable class that Ray Data's ``map_batches`` runs
-in an actor pool. ``__init__`` loads the engine once; ``__call__`` turns a
-batch of (id, text) rows into labelled rows through the pure functions of
+in an actor pool. ``__init__`` loads the engine once and starts its
+:class:`~pipeline.engine_loop.EngineLoop`; ``__call__`` turns a batch of
+(id, text) rows into labelled rows through the pure functions of
 :mod:`pipeline.prompts`, :mod:`pipeline.answers` and :mod:`pipeline.votes`,
-commits them as one parquet shard and returns a one-row summary.
+commits them as one parquet file and returns a one-row summary. Several
+batches run at once in one actor (``teacher.max_concurrent_batches`` threads)
+and share its engine, so the engine is never drained between batches.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 import time
 from typing import Any, Optional
 
@@ -20,6 +24,7 @@ import pyarrow as pa
 
 from pipeline import prompts, schemas, storage
 from pipeline.answers import parse_answer
+from pipeline.engine_loop import EngineLoop
 from pipeline.config import ABSTAIN, Config, ConfigError, Demo, TaskConfig, TeacherConfig
 from pipeline.votes import aggregate_votes
 
@@ -42,8 +47,28 @@ def make_engine(teacher: TeacherConfig) -> Any:
     )
 
 
+def labeling_pool_options(teacher: TeacherConfig) -> dict[str, Any]:
+    """``map_batches`` options for the labelling actors: one engine each, several batches in flight.
+
+    A batch is ``teacher.commit_rows`` rows and becomes one committed file;
+    each actor runs ``teacher.max_concurrent_batches`` of them at once (one
+    thread each, one shared engine).
+    """
+    from ray.data import ActorPoolStrategy
+
+    in_flight = teacher.max_concurrent_batches
+    return {
+        "batch_size": teacher.commit_rows,
+        "batch_format": "pyarrow",
+        "compute": ActorPoolStrategy(size=teacher.num_actors, max_tasks_in_flight_per_actor=in_flight,
+                                     max_concurrent_calls_per_actor=in_flight, enable_true_multi_threading=True),
+        "num_gpus": teacher.gpus_per_actor,
+        "num_cpus": teacher.cpus_per_actor,
+    }
+
+
 def engine_pool_options(teacher: TeacherConfig) -> dict[str, Any]:
-    """``map_batches`` options for a pool of teacher actors, one engine each."""
+    """``map_batches`` options for a pool of generating actors (synthesis), one engine each."""
     from ray.data import ActorPoolStrategy
 
     return {
@@ -155,20 +180,62 @@ def label_rows(
     return rows
 
 
-class TeacherLabeler:
-    """Ray Data actor: owns one vLLM engine and commits labelled shards."""
+class ProgressSender:
+    """Rows and tokens finished in one actor, sent to the driver's progress board at most every ``every`` s."""
 
-    def __init__(self, config: Config, data_fs: Any, data_path: str):
+    def __init__(self, board: Any, every: float = 1.0):
+        self.board, self.every = board, every
+        self.rows = self.tokens = 0
+        self.sent = time.monotonic()
+        self.lock = threading.Lock()
+
+    def add(self, output: Any) -> None:
+        with self.lock:
+            self.rows += 1
+            self.tokens += sum(len(sample.token_ids) for sample in output.outputs)
+            due = time.monotonic() - self.sent >= self.every
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            rows, tokens, self.rows, self.tokens = self.rows, self.tokens, 0, 0
+            self.sent = time.monotonic()
+        if rows and self.board is not None:
+            self.board.add.remote(rows, tokens)
+
+
+class TeacherLabeler:
+    """Ray Data actor: owns one vLLM engine and commits labelled files, several batches at a time."""
+
+    def __init__(self, config: Config, data_fs: Any, data_path: str, progress: Any = None):
         teacher = config.teacher
         self.config = config
         self.label_names = config.task.label_names
         self.prompt_hash = prompts.prompt_hash(config.task)
         self.data_fs, self.data_path = data_fs, data_path
         self.llm = make_engine(teacher)
+        self._engine: Optional[EngineLoop] = None  # started by the first batch (see `engine`)
+        self._engine_lock = threading.Lock()
+        self.progress = ProgressSender(progress)
         self.renderer = PromptRenderer(
             self.llm.get_tokenizer(), config.task, teacher.max_model_len, teacher.max_tokens
         )
         self._row_renderers: dict[str, tuple[PromptRenderer, int]] = {}
+        # Batches render in their own threads; the tokenizer and the renderer cache are shared.
+        self._render_lock = threading.Lock()
+
+    @property
+    def engine(self) -> EngineLoop:
+        """The loop that owns ``self.llm`` from the first batch on; from then on nothing else may call it.
+
+        Started lazily so that code which only borrows the engine and prompts of
+        a labeller (the benchmarks' plain-engine arms) can call ``self.llm`` directly.
+        """
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = EngineLoop(self.llm)
+            return self._engine
 
     def _renderer_for(self, demos_json: str) -> tuple[PromptRenderer, int]:
         if demos_json not in self._row_renderers:
@@ -180,26 +247,28 @@ class TeacherLabeler:
                 self.llm.get_tokenizer(), self.config.task, demos, teacher.max_model_len, teacher.max_tokens)
         return self._row_renderers[demos_json]
 
+    def _render(self, texts: list[str], demos: Optional[list[str]]) -> tuple[list[tuple[list[int], bool]], int]:
+        """Prompt token ids and truncation flags for ``texts``, and how many demos were left out."""
+        with self._render_lock:
+            if demos is None:
+                return [self.renderer.render(text) for text in texts], 0
+            rendered, dropped = [], 0
+            for text, demos_json in zip(texts, demos):  # each row with its own demos (FreeAL relabelling)
+                renderer, n = self._renderer_for(demos_json)
+                dropped += n
+                rendered.append(renderer.render(text))
+            return rendered, dropped
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        started = time.perf_counter()
         teacher = self.config.teacher
         if batch.num_rows == 0:
             return schemas.SHARD_SUMMARY.empty_table()
         ids = batch.column("id").to_pylist()
         texts = batch.column("text").to_pylist()
-        demos_dropped = 0
-        if "demos" in batch.column_names:  # each row with its own demos (FreeAL relabelling)
-            rendered = []
-            for text, demos_json in zip(texts, batch.column("demos").to_pylist()):
-                renderer, dropped = self._renderer_for(demos_json)
-                demos_dropped += dropped
-                rendered.append(renderer.render(text))
-        else:
-            rendered = [self.renderer.render(text) for text in texts]
-        requests = [TokensPrompt(prompt_token_ids=token_ids) for token_ids, _ in rendered]
+        demos = batch.column("demos").to_pylist() if "demos" in batch.column_names else None
         # One request per text with n=k: the prompt is prefilled once for all k
         # samples. The engine-wide seed (teacher.seed) makes runs repeatable;
         # per-request seeds are not supported by vLLM's CPU sampler.
@@ -209,7 +278,19 @@ class TeacherLabeler:
             top_p=teacher.top_p,
             max_tokens=teacher.max_tokens,
         )
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        # Rendered and handed to the engine teacher.batch_size texts at a time, so
+        # the engine starts on a batch's first texts while the rest are tokenised.
+        rendered: list[tuple[list[int], bool]] = []
+        futures, demos_dropped = [], 0
+        for start in range(0, len(ids), teacher.batch_size):
+            end = start + teacher.batch_size
+            chunk, dropped = self._render(texts[start:end], None if demos is None else demos[start:end])
+            rendered += chunk
+            demos_dropped += dropped
+            requests = [TokensPrompt(prompt_token_ids=token_ids) for token_ids, _ in chunk]
+            futures.append(self.engine.submit(requests, params, on_output=self.progress.add))
+        outputs = [out for future in futures for out in future.result()]
+        self.progress.flush()
         completions = [[sample.text for sample in out.outputs] for out in outputs]
         labelled = label_rows(completions, self.label_names)
         prompt_tokens = [len(out.prompt_token_ids) for out in outputs]
@@ -235,7 +316,9 @@ class TeacherLabeler:
                 "prompt_tokens": [sum(prompt_tokens)],
                 "completion_tokens": [sum(completion_tokens)],
                 "demos_dropped": [demos_dropped],
-                "seconds": [time.perf_counter() - started],
+                # The engine's busy time since this actor's last summary: summed over
+                # all summaries it is each engine's working time, start-up excluded.
+                "seconds": [self.engine.take_busy_seconds()],
             },
             schema=schemas.SHARD_SUMMARY,
         )

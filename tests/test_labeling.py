@@ -20,7 +20,7 @@ import yaml
 from pipeline import schemas, storage
 from pipeline.config import ABSTAIN, ConfigError, to_dict
 from pipeline.corpus import InputError
-from pipeline.labeling import OutputLayout, committed_ids, remove_duplicate_ids, run_labeling
+from pipeline.labeling import OutputLayout, committed_index, remove_duplicate_ids, run_labeling
 from pipeline.votes import aggregate_votes
 from tests.conftest import LABELS
 
@@ -116,7 +116,8 @@ def test_label_job_end_to_end_with_bad_input(tmp_path, make_config, ray_cluster)
     assert report["tokens"]["prompt_this_run"] == sum(table.column("prompt_tokens").to_pylist())
     assert report["time"]["rows_per_second"] > 0
 
-    # A second run finds everything committed and labels nothing.
+    # One file for all 42 rows (commit_rows 10,000): a second run resumes over it and labels nothing.
+    assert len(list((tmp_path / "out" / "data").glob("part-*.parquet"))) == 1
     again = run_labeling(config, log=lambda _: None)
     assert again["rows"]["labelled_this_run"] == 0
     assert again["rows"]["skipped_already_committed"] == 42
@@ -161,8 +162,10 @@ def test_label_job_on_s3_with_per_row_demos(tmp_path, make_config, ray_cluster, 
 
 @pytest.mark.slow
 def test_killed_job_resumes_with_one_row_per_id(tmp_path, make_config, ray_cluster):
+    """Killed while three batches of 16 rows are in flight in one actor, then resumed."""
     corpus = write_jsonl(tmp_path / "corpus.jsonl", good_rows(120))
-    config = make_config(str(corpus), str(tmp_path / "out"), teacher={"batch_size": 8, "max_tokens": 32})
+    config = make_config(str(corpus), str(tmp_path / "out"), teacher={
+        "batch_size": 8, "commit_rows": 16, "max_concurrent_batches": 3, "max_tokens": 32})
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(to_dict(config)))
     data_dir = tmp_path / "out" / "data"
@@ -180,8 +183,11 @@ def test_killed_job_resumes_with_one_row_per_id(tmp_path, make_config, ray_clust
         kill_tree(job.pid)  # the driver, its Ray cluster and its engines, as a lost node would
         job.wait()
     time.sleep(1)
-    committed_before = len(committed_ids(OutputLayout(pafs.LocalFileSystem(), str(tmp_path / "out"))))
+    committed_before = committed_index(OutputLayout(pafs.LocalFileSystem(), str(tmp_path / "out")))[1]["rows"]
     assert 0 < committed_before < 120, "the kill must land part-way through"
+    files = list(data_dir.glob("part-*.parquet"))
+    sizes = sorted(pq.read_metadata(f).num_rows for f in files)  # whole batches or nothing:
+    assert set(sizes) <= {16, 120 % 16} and sizes.count(120 % 16) <= 1  # 16 rows, the last batch 8
 
     report = run_labeling(config, log=lambda _: None)
     table = read_labelled(pafs.LocalFileSystem(), str(tmp_path / "out"))
@@ -210,17 +216,17 @@ def test_missing_column_fails_before_any_engine_starts(tmp_path, make_config):
     assert not (tmp_path / "out").exists()
 
 
-def test_remove_duplicate_ids_keeps_one_row_per_id(tmp_path):
+def test_remove_duplicate_ids_keeps_one_row_per_id(tmp_path, ray_cluster):
     fs, root = pafs.LocalFileSystem(), str(tmp_path)
     out = OutputLayout(fs, root)
     storage.write_parquet_atomic(fs, f"{root}/data/part-a.parquet", pa.table({"id": ["1", "2"], "x": [1, 2]}))
     storage.write_parquet_atomic(fs, f"{root}/data/part-b.parquet", pa.table({"id": ["2", "3"], "x": [20, 3]}))
-    assert remove_duplicate_ids(out) == 1
+    assert remove_duplicate_ids(out) == (1, 3)
     table = storage.read_parquet(fs, f"{root}/data")
     assert sorted(zip(table.column("id").to_pylist(), table.column("x").to_pylist())) == [
         ("1", 1), ("2", 2), ("3", 3)
     ]
-    assert remove_duplicate_ids(out) == 0
+    assert remove_duplicate_ids(out) == (0, 3)
 
 
 def test_progress_measures_rates_from_the_first_finished_batch():
@@ -229,14 +235,16 @@ def test_progress_measures_rates_from_the_first_finished_batch():
     now = [0.0]
     lines: list[str] = []
     progress = Progress(1000, lines.append, every=5.0, clock=lambda: now[0])
-    assert progress.line() == "[label] 0/1000 rows (0%) | engines starting (0s)"
+    assert progress.line() == "[label] 0/1000 rows (0%, 0 committed) | engines starting (0s)"
     now[0] = 60.0  # the engines took a minute to start
     progress.update(100, 1000)
-    assert lines == ["[label] engines running after 60s; first batch done"]
-    assert progress.line() == "[label] 100/1000 rows (10%) | 60s"  # a one-batch job's last line
+    assert lines == ["[label] engines running after 60s; first rows labelled"]
+    assert progress.line() == "[label] 100/1000 rows (10%, 0 committed) | 60s"  # one update so far
     now[0] = 70.0  # 200 more rows in 10 s: 20 rows/s, 700 rows left
+    progress.committed = 256
     progress.update(200, 3000)
-    assert lines[-1] == "[label] 300/1000 rows (30%) | 20.0 rows/s | 300 completion tokens/s | ETA 35s"
+    assert lines[-1] == ("[label] 300/1000 rows (30%, 256 committed) | 20.0 rows/s | 300 completion tokens/s"
+                         " | ETA 35s")
     now[0] = 71.0
     progress.update(10, 0)  # within `every`: no line
     assert len(lines) == 2
