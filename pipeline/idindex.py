@@ -141,6 +141,23 @@ def build_from_files(fs: Any, files: list[str]) -> tuple[Optional[Any], dict[str
     return (index_ref if summary["rows"] else None), summary
 
 
+def summarize_files(fs: Any, files: list[str]) -> dict[str, Any]:
+    """:func:`build_from_files`'s summary alone: the index is sorted in its task and dropped
+    there, never stored in the object store (the end-of-run check needs only the counts)."""
+    import ray
+
+    from pipeline.cluster import map_files
+
+    refs = map_files(fs, files, hashed_ids_of_files)
+    if not refs:
+        return {"rows": 0, "repeated": {}}
+    return ray.get(ray.remote(_merged_summary).remote(*refs))
+
+
+def _merged_summary(*tables: pa.Table) -> dict[str, Any]:
+    return merge(*tables)[1]
+
+
 class Loaded:
     """The indexes this worker process has fetched, by ``ObjectRef``: each is fetched once.
 

@@ -9,7 +9,7 @@ Output layout under ``data.output`` (local or s3://)::
 
 Exactly once: every file is committed atomically under a name derived from
 the ids it holds, and a run first indexes the ids already committed
-(:mod:`pipeline.idindex`, built by Ray Data and kept in the object store)
+(:mod:`pipeline.idindex`, read by Ray tasks and kept in the object store)
 and skips them. A killed job started again therefore labels only what is
 missing, and a retried batch overwrites its own file. A crash loses at most
 the batches in flight: ``teacher.max_concurrent_batches`` x
@@ -85,7 +85,7 @@ def run_labeling(config: Config, *, smoke: bool = False, log: Callable[[str], No
 
     init_ray()
     rows = read_corpus(corpus, config.task.label_names)
-    committed_ref, committed = committed_index(out)
+    committed_ref, _ = committed_index(out)
     counts, duplicates = _scan(rows, committed_ref)
     log(
         f"[label] {counts['input']} rows: {counts['valid']} to label, {counts['quarantined']} quarantined, "
@@ -418,8 +418,8 @@ def _files_holding(fs: Any, files: list[str], ids: pa.Array) -> list[str]:
 def remove_duplicate_ids(out: OutputLayout) -> tuple[int, int]:
     """Keep one row per id across committed files; return (rows removed, rows committed).
 
-    The committed ids are indexed as at the start of a run (Ray Data reads,
-    one Ray task sorts); only the files holding a repeated id are read again
+    The committed ids are read and hashed by Ray tasks and sorted in one
+    task, as at the start of a run but keeping only the counts; only the files holding a repeated id are read again
     and rewritten atomically without it, the first file in name order
     keeping the id. With deterministic file names this finds nothing, but it
     makes "one row per id" a checked property rather than a hope.
@@ -428,7 +428,7 @@ def remove_duplicate_ids(out: OutputLayout) -> tuple[int, int]:
 
     from pipeline.cluster import map_files
 
-    _, summary = committed_index(out)
+    summary = idindex.summarize_files(out.fs, committed_files(out))
     repeated = summary["repeated"]
     if not repeated:
         return 0, summary["rows"]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import collections
-import json
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import prompts, storage
@@ -29,56 +27,45 @@ def consistency_bin(value: float) -> str:
 _SUMMARY_COLUMNS = ["hard_label", "consistency", "votes", "truncated", "prompt_tokens", "completion_tokens"]
 
 
-def _labelled_files_summary(fs: Any, files: list[str]) -> dict[str, Any]:
+def _labelled_files_summary(fs: Any, files: list[str]) -> dict[str, collections.Counter]:
     """Counts over a group of committed files (one task's share; summed on the driver)."""
     import pyarrow.parquet as pq
 
-    totals: collections.Counter[str] = collections.Counter()
-    labels: collections.Counter[str] = collections.Counter()
-    histogram: collections.Counter[str] = collections.Counter()
+    summary: dict[str, collections.Counter] = {
+        "totals": collections.Counter(), "labels": collections.Counter(), "histogram": collections.Counter()}
     for file in files:  # one file at a time: a task's memory stays at one file's columns
-        row = _labelled_block_summary(pq.read_table(file, filesystem=fs, columns=_SUMMARY_COLUMNS)).to_pylist()[0]
-        labels.update(json.loads(row.pop("labels")))
-        histogram.update(json.loads(row.pop("histogram")))
-        totals.update(row)
-    return {**totals, "labels": json.dumps(labels), "histogram": json.dumps(histogram)}
-
-
-def _labelled_block_summary(table: pa.Table) -> pa.Table:
-    """One row of counts for a block of labelled rows (summed on the driver)."""
-    labels = {label.as_py(): n.as_py() for label, n in zip(*pc.value_counts(table.column("hard_label").drop_null())
-                                                            .flatten())}
-    histogram = collections.Counter(consistency_bin(v) for v in table.column("consistency").to_pylist())
-    flat_votes = pc.list_flatten(table.column("votes"))
-    counts = {
-        "rows": table.num_rows,
-        "abstained_rows": table.column("hard_label").null_count,
-        "votes": len(flat_votes),
-        "abstained_votes": pc.sum(pc.equal(flat_votes, ABSTAIN)).as_py() or 0,
-        "truncated_rows": pc.sum(table.column("truncated")).as_py() or 0,
-        "prompt_tokens": pc.sum(table.column("prompt_tokens")).as_py() or 0,
-        "completion_tokens": pc.sum(table.column("completion_tokens")).as_py() or 0,
-    }
-    return pa.table({**{k: [v] for k, v in counts.items()},
-                     "labels": [json.dumps(labels)], "histogram": [json.dumps(dict(histogram))]})
+        table = pq.read_table(file, filesystem=fs, columns=_SUMMARY_COLUMNS)
+        flat_votes = pc.list_flatten(table.column("votes"))
+        summary["totals"].update({
+            "rows": table.num_rows,
+            "abstained_rows": table.column("hard_label").null_count,
+            "votes": len(flat_votes),
+            "abstained_votes": pc.sum(pc.equal(flat_votes, ABSTAIN)).as_py() or 0,
+            "truncated_rows": pc.sum(table.column("truncated")).as_py() or 0,
+            "prompt_tokens": pc.sum(table.column("prompt_tokens")).as_py() or 0,
+            "completion_tokens": pc.sum(table.column("completion_tokens")).as_py() or 0,
+        })
+        for label, n in zip(*pc.value_counts(table.column("hard_label").drop_null()).flatten()):
+            summary["labels"][label.as_py()] += n.as_py()
+        summary["histogram"].update(consistency_bin(v) for v in table.column("consistency").to_pylist())
+    return summary
 
 
 def summarize_labelled(out: Any) -> dict[str, Any]:
     """Counts over every committed labelled row: Ray tasks read the files in parallel and
-    summarise them; the driver adds up one small row per task."""
+    summarise them; the driver adds up one small summary per task."""
     import ray
 
     from pipeline.cluster import map_files
 
+    totals: collections.Counter[str] = collections.Counter()
     labels: collections.Counter[str] = collections.Counter()
     histogram: collections.Counter[str] = collections.Counter()
-    totals: collections.Counter[str] = collections.Counter()
     files = storage.list_files(out.fs, out.data, (".parquet",))
-    if files:
-        for row in ray.get(map_files(out.fs, files, _labelled_files_summary)):
-            labels.update(json.loads(row.pop("labels")))
-            histogram.update(json.loads(row.pop("histogram")))
-            totals.update(row)
+    for part in ray.get(map_files(out.fs, files, _labelled_files_summary)):
+        totals.update(part["totals"])
+        labels.update(part["labels"])
+        histogram.update(part["histogram"])
     order = [f"[{lo:.1f},{hi:.1f})" for lo, hi in zip(HISTOGRAM_EDGES, HISTOGRAM_EDGES[1:])] + ["1.0"]
     keys = ["rows", "abstained_rows", "votes", "abstained_votes", "truncated_rows", "prompt_tokens",
             "completion_tokens"]

@@ -1,8 +1,8 @@
 """The teacher: one vLLM engine per Ray actor, labelling batches of texts.
 
 ``TeacherLabeler`` is the callable class that Ray Data's ``map_batches`` runs
-in an actor pool. ``__init__`` loads the engine once and starts its
-:class:`~pipeline.engine_loop.EngineLoop`; ``__call__`` turns a batch of
+in an actor pool. ``__init__`` loads the engine once (its
+:class:`~pipeline.engine_loop.EngineLoop` starts with the first batch); ``__call__`` turns a batch of
 (id, text) rows into labelled rows through the pure functions of
 :mod:`pipeline.prompts`, :mod:`pipeline.answers` and :mod:`pipeline.votes`,
 commits them as one parquet file and returns a one-row summary. Several
