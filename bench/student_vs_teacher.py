@@ -1,6 +1,6 @@
 """Inference speed: the student vs the teacher engine, on the same texts, side by side in one run.
 
-  student        ``pipeline.student.predict_proba`` (tokenise to max_length, forward, softmax),
+  student        ``pipeline.student.predict_proba`` (tokenise, truncated to max_length, forward, softmax),
                  as the predict job's actor calls it, in this process on all cores
   teacher k      the labelling job's engine and prompts (``TeacherLabeler``'s ``LLM`` and
                  ``PromptRenderer``): one ``LLM.generate`` request per text with n=k, then

@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 
 from pipeline import schemas, storage
 from pipeline.cluster import init_ray
-from pipeline.config import Config, ConfigError, StudentConfig, to_dict
+from pipeline.config import Config, ConfigError, to_dict
 from pipeline.evaluate import evaluate, format_evaluation, load_gold, predictions_table, write_evaluation
 from pipeline.selection import DEFAULT_MIN_CONSISTENCY, keep_mask, kept_at_thresholds
 
@@ -81,7 +81,7 @@ def run_distill(config: Config, *, smoke: bool = False, log: Callable[[str], Non
     )
 
     init_ray()
-    train = _train_dataset(sources, label_names, threshold, student, holdout=not gold.get("validation"))
+    train = _train_dataset(sources, label_names, threshold, holdout=not gold.get("validation"))
     train_started = time.time()
     run_id = uuid.uuid4().hex
     result = _fit(config, train, scan["train_rows"], gold.get("validation"), out_fs, out_root, run_id)
@@ -254,49 +254,40 @@ def _scan_labelled(
     }
 
 
-class _Encoder:
-    """Ray Data map: filter by threshold, tokenise, and turn labels into tensors."""
+def _train_rows(batch: pa.Table, label_names: list[str], threshold: float, holdout: bool) -> dict[str, np.ndarray]:
+    """Ray Data map: the rows kept at the threshold, with labels as class indices and vote fractions.
 
-    def __init__(self, student: StudentConfig, label_names: list[str], threshold: float, holdout: bool):
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(student.model)
-        self.max_length = student.max_length
-        self.index = {name: i for i, name in enumerate(label_names)}
-        self.threshold, self.holdout = threshold, holdout
-
-    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        from pipeline.student import tokenize
-
-        keep = keep_mask(batch.column("consistency").to_numpy(), batch.column("n_valid").to_numpy(), self.threshold)
-        if self.holdout:
-            keep &= ~holdout_mask(batch.column("id").to_pylist())
-        rows = batch.filter(pa.array(keep))
-        encoded = tokenize(self.tokenizer, rows.column("text").to_pylist(), self.max_length)
-        soft = rows.column("soft_label").to_pylist()
-        return {
-            **encoded,
-            "hard": np.array([self.index[h] for h in rows.column("hard_label").to_pylist()], dtype=np.int64),
-            "soft": np.array(soft, dtype=np.float32).reshape(len(soft), len(self.index)),
-        }
+    Texts stay text: the train workers tokenise each batch as they take it
+    (``student.tokenizing_collate``), padded to the batch's longest text.
+    """
+    keep = keep_mask(batch.column("consistency").to_numpy(), batch.column("n_valid").to_numpy(), threshold)
+    if holdout:
+        keep &= ~holdout_mask(batch.column("id").to_pylist())
+    rows = batch.filter(pa.array(keep))
+    index = {name: i for i, name in enumerate(label_names)}
+    soft = rows.column("soft_label").to_pylist()
+    texts = np.empty(rows.num_rows, dtype=object)
+    texts[:] = rows.column("text").to_pylist()
+    return {
+        "text": texts,
+        "hard": np.array([index[h] for h in rows.column("hard_label").to_pylist()], dtype=np.int64),
+        "soft": np.array(soft, dtype=np.float32).reshape(len(soft), len(index)),
+    }
 
 
-def _train_dataset(sources: list[LabelSource], label_names, threshold, student, holdout) -> Any:
+def _train_dataset(sources: list[LabelSource], label_names, threshold, holdout) -> Any:
     import ray.data
-    from ray.data import ActorPoolStrategy
 
     parts = [ray.data.read_parquet(s.files, filesystem=s.fs).select_columns(TRAIN_COLUMNS) for s in sources]
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    encoded = ds.map_batches(
-        _Encoder,
-        fn_constructor_kwargs={"student": student, "label_names": label_names, "threshold": threshold,
-                               "holdout": holdout},
+    kept = ds.map_batches(
+        _train_rows,
+        fn_kwargs={"label_names": label_names, "threshold": threshold, "holdout": holdout},
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=1),
     )
-    # Materialised before training: the train workers hold the cluster's CPUs,
-    # and the encoded rows are small next to the model.
-    return encoded.materialize()
+    # Materialised before training: the train workers hold the cluster's CPUs. A plain task (no
+    # tokenizer to load, no actor to start): the rows are filtered here and tokenised by the workers.
+    return kept.materialize()
 
 
 def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root: str, run_id: str) -> Any:

@@ -309,11 +309,8 @@ class _Runner:
         ``arm="intended"`` (PromptMix): round r's examples with the labels they were written for, not
         the relabelled ones; recorded with round r's main student as the comparison.
         """
-        data = [base_labels_uri(self.config)] + [
-            extra_uri(self.config, q) if arm == "intended" and q == r else round_data_uri(self.config, q)
-            for q in range(1, r + 1)
-            if self._read_report(extra_uri(self.config, q), "report.json")["kept"] > 0
-        ]
+        data = training_data(self.config, r, arm,
+                             lambda q: self._read_report(extra_uri(self.config, q), "report.json")["kept"])
         overrides = [f"distill.labels={data[0]}", f"distill.extra_labels={_yaml_list(data[1:])}",
                      f"distill.output={student_uri(self.config, r, arm)}"]
         self._step(r, f"train-{arm}" if arm else "train", self._entrypoint("ray_jobs/distill.py", overrides))
@@ -492,6 +489,19 @@ class _Runner:
         self.log(f"[rounds] stopped: {state['stop_reason']}; best round {best['round']} "
                  f"(validation {self.rounds.metric} {best['score']:.4f}) -> {model_uri}")
         self.log(f"[rounds] summary: {self.layout.uri_of('summary.md')}, plot: {self.layout.uri_of('metrics.png')}")
+
+
+def training_data(config: Config, r: int, arm: str, kept: Callable[[int], int]) -> list[str]:
+    """Round r's training data: round 0's labels, then each round's examples up to r that kept any.
+
+    ``kept(q)``: the examples round q's filter kept. ``arm="intended"`` (PromptMix) takes round r's
+    examples with the labels they were written for; earlier rounds count with their final labels.
+    """
+    return [base_labels_uri(config)] + [
+        extra_uri(config, q) if arm == "intended" and q == r else round_data_uri(config, q)
+        for q in range(1, r + 1)
+        if kept(q) > 0
+    ]
 
 
 def _exit_if_asked(point: str) -> None:

@@ -38,17 +38,44 @@ def load_student(model: str, label_names: Sequence[str]) -> tuple[Any, Any]:
     return tokenizer, classifier
 
 
-def tokenize(tokenizer: Any, texts: list[str], max_length: int, pad_to_max: bool = True) -> dict[str, np.ndarray]:
-    """Token ids and attention mask, truncated to ``max_length``.
+def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+    """Token ids and attention mask, truncated to ``max_length`` and padded to the longest text.
 
-    Training pads every row to ``max_length`` (Ray Data needs one shape per
-    column); inference pads a batch only to its longest text, since padded
-    positions are masked out and only cost time.
+    Padded positions are masked out and only cost time, so a batch is never
+    padded further than its own longest text (training and inference alike).
     """
-    padding = "max_length" if pad_to_max else "longest"
-    encoded = tokenizer(texts, max_length=max_length, truncation=True, padding=padding, return_tensors="np")
+    encoded = tokenizer(texts, max_length=max_length, truncation=True, padding="longest", return_tensors="np")
     return {"input_ids": encoded["input_ids"].astype(np.int64),
             "attention_mask": encoded["attention_mask"].astype(np.int64)}
+
+
+def tokenizing_collate(model: str, max_length: int) -> Any:
+    """An ``iter_torch_batches`` collate: rows (text, hard, soft) -> model inputs and targets.
+
+    Ray Data calls it from its prefetch threads, so tokenising overlaps the
+    training step. Each thread has its own tokenizer: a fast tokenizer sets
+    its truncation and padding on the shared Rust object and refuses
+    concurrent calls ("Already borrowed").
+    """
+    import threading
+
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class TokenizingCollate(NumpyBatchCollateFn):
+        def __init__(self) -> None:
+            self._local = threading.local()
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+            tokenizer = getattr(self._local, "tokenizer", None)
+            if tokenizer is None:
+                from transformers import AutoTokenizer
+
+                tokenizer = self._local.tokenizer = AutoTokenizer.from_pretrained(model)
+            encoded = tokenize(tokenizer, [str(t) for t in batch["text"]], max_length)
+            return {**{k: torch.from_numpy(v) for k, v in encoded.items()},
+                    "hard": torch.as_tensor(batch["hard"]), "soft": torch.as_tensor(np.asarray(batch["soft"]))}
+
+    return TokenizingCollate()
 
 
 @torch.no_grad()
@@ -66,7 +93,7 @@ def predict_with_embeddings(
     device = next(model.parameters()).device
     probabilities, pooled = [], []
     for start in range(0, len(texts), batch_size):
-        batch = tokenize(tokenizer, texts[start:start + batch_size], max_length, pad_to_max=False)
+        batch = tokenize(tokenizer, texts[start:start + batch_size], max_length)
         inputs = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
         out = model(**inputs, output_hidden_states=embeddings)
         probabilities.append(out.logits.float().softmax(dim=-1).cpu().numpy())
@@ -116,12 +143,14 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
     use_amp = cfg["use_gpu"] and torch.cuda.is_available()
     shard = ray.train.get_dataset_shard("train")
+    collate = tokenizing_collate(cfg["student_model"], cfg["max_length"])
 
     for epoch in range(start_epoch, cfg["epochs"]):
         epoch_started = time.perf_counter()
         model.train()
         loss_sum, batches = torch.zeros((), device=device), 0
-        for step, batch in enumerate(shard.iter_torch_batches(batch_size=cfg["batch_size"], device=device)):
+        for step, batch in enumerate(shard.iter_torch_batches(batch_size=cfg["batch_size"], device=device,
+                                                                   collate_fn=collate)):
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = distill_loss(logits.float(), cfg["mode"], batch["hard"], batch["soft"])

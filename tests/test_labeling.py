@@ -170,14 +170,14 @@ def test_killed_job_resumes_with_one_row_per_id(tmp_path, make_config, ray_clust
     config_file.write_text(yaml.safe_dump(to_dict(config)))
     data_dir = tmp_path / "out" / "data"
 
-    job = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "label", str(config_file)],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "job.log"
+    with log.open("wb") as out:
+        job = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "label", str(config_file)],
+                               start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and not (data_dir.exists() and list(data_dir.glob("part-*.parquet"))):
-            assert job.poll() is None, "the job ended before it committed a shard"
+            assert job.poll() is None, "the job ended before it committed a shard:\n" + log.read_text()[-3000:]
             time.sleep(0.05)
     finally:
         kill_tree(job.pid)  # the driver, its Ray cluster and its engines, as a lost node would
@@ -200,8 +200,11 @@ def test_killed_job_resumes_with_one_row_per_id(tmp_path, make_config, ray_clust
 
 
 def kill_tree(pid: int) -> None:
-    parent = psutil.Process(pid)
-    procs = [parent, *parent.children(recursive=True)]
+    try:
+        parent = psutil.Process(pid)
+        procs = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:  # it ended by itself (the test says why)
+        return
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()

@@ -158,3 +158,20 @@ def test_relabel_report_counts_changed_unchanged_abstained_and_quarantined(step_
     assert report == {"examples": 5, "labelled": 4, "quarantined": 1, "relabelled": 2, "unchanged": 1,
                       "abstained": 1, "changes": {"negative -> positive": 1, "positive -> neutral": 1}}
     assert len(set(ids)) == 5
+
+
+def test_a_round_trains_on_round_0_and_every_earlier_round_that_kept_examples(step_config, tmp_path):
+    from pipeline.rounds import training_data
+
+    kept = {1: 5, 2: 0, 3: 4}.__getitem__  # round 2's filter kept nothing
+    rounds = str(tmp_path / "rounds" / "rounds")
+    labels = str(tmp_path / "labels")
+    extrapolation = step_config()
+    assert training_data(extrapolation, 0, "", kept) == [labels]
+    assert training_data(extrapolation, 3, "", kept) == [labels, f"{rounds}/1/extra", f"{rounds}/3/extra"]
+    promptmix = step_config(strategy="promptmix")  # each round adds its relabelled examples
+    assert training_data(promptmix, 3, "", kept) == [labels, f"{rounds}/1/relabelled", f"{rounds}/3/relabelled"]
+    # The comparison arm: this round's examples with their intended labels, earlier rounds as trained.
+    assert training_data(promptmix, 3, "intended", kept) == [labels, f"{rounds}/1/relabelled", f"{rounds}/3/extra"]
+    seeded = step_config(seed_synthesis=True)  # round 0 trains on the seed synthesis
+    assert training_data(seeded, 1, "", kept) == [str(tmp_path / "rounds" / "seed"), f"{rounds}/1/extra"]

@@ -115,8 +115,13 @@ def _run_cli(config, tmp_path, env_extra=None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_two_rounds_survive_kills_after_synthesis_and_while_a_job_runs(rounds_config, tmp_path):
-    config = rounds_config()
+def test_a_round_survives_kills_after_synthesis_and_while_a_job_runs(rounds_config, tmp_path):
+    """One round of error extrapolation on S3, the orchestrator killed twice on the way.
+
+    One round, not two (CI time): each round runs the same steps, and how a later round's
+    training data gathers every round's additions is checked without jobs in test_round_steps.
+    """
+    config = rounds_config(rounds=1)
     fs, bucket = rounds_config.fs, rounds_config.bucket
     killed = _run_cli(config, tmp_path, {EXIT_AFTER_ENV: "1/synthesize"})
     assert killed.returncode == 75, killed.stdout[-3000:] + killed.stderr[-3000:]
@@ -126,23 +131,23 @@ def test_two_rounds_survive_kills_after_synthesis_and_while_a_job_runs(rounds_co
     assert "1/filter" not in manifest["steps"]
     candidates_before = storage.read_parquet(fs, f"{bucket}/rounds/rounds/1/extra/candidates.parquet")
 
-    # Killed again while round 2's synthesis job runs: the restart must wait for that job, not submit another.
-    killed = _run_cli(config, tmp_path, {EXIT_AFTER_ENV: "2/synthesize:submitted"})
+    # Killed again while round 1's filter job runs: the restart must wait for that job, not submit another.
+    killed = _run_cli(config, tmp_path, {EXIT_AFTER_ENV: "1/filter:submitted"})
     assert killed.returncode == 75, killed.stdout[-3000:] + killed.stderr[-3000:]
     assert "round 1 synthesize: done earlier" in killed.stdout
     manifest = storage.read_json(fs, f"{bucket}/rounds/manifest.json")
-    assert manifest["steps"]["2/synthesize"]["status"] == "submitted"
+    assert manifest["steps"]["1/filter"]["status"] == "submitted"
 
     finished = _run_cli(config, tmp_path)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    assert "round 2 synthesize: found its job" in finished.stdout
+    assert "round 1 filter: found its job" in finished.stdout
 
     manifest = storage.read_json(fs, f"{bucket}/rounds/manifest.json")
     assert manifest["status"] == "finished"
-    # One job per step, each submitted once: the restart reused round 0 and round 1's synthesis.
-    expected_steps = {"0/train", "1/synthesize", "1/filter", "1/train", "2/synthesize", "2/filter", "2/train"}
-    if manifest["stop_reason"] == "round 2's filtered synthesis added no examples":  # noise can do that
-        expected_steps.remove("2/train")
+    # One job per step, each submitted once: the restarts reused round 0's training and round 1's synthesis.
+    expected_steps = {"0/train", "1/synthesize", "1/filter", "1/train"}
+    if manifest["stop_reason"] == "round 1's filtered synthesis added no examples":  # noise can do that
+        expected_steps.remove("1/train")
     assert set(manifest["steps"]) == expected_steps
     assert all(step["attempt"] == 0 and step["status"] == "succeeded" for step in manifest["steps"].values())
     jobs = [j for j in job_client(config.rounds.address).list_jobs()
@@ -155,7 +160,7 @@ def test_two_rounds_survive_kills_after_synthesis_and_while_a_job_runs(rounds_co
     # Row counts: each round trains on round 0 plus every filtered extra so far, no row twice.
     base_rows = 120  # labelled_rows: 70% unanimous rows pass the cls filter (consistency 1.0)
     base_kept = sum(1 for row in labelled_rows(120) if row["consistency"] == 1.0)
-    for r in (1, 2):
+    for r in (1,):
         report = storage.read_json(fs, f"{bucket}/rounds/rounds/{r}/extra/report.json")
         synthesis = storage.read_json(fs, f"{bucket}/rounds/rounds/{r}/extra/synthesis.json")
         assert report["candidates"] == synthesis["candidates"] == report["kept"] + sum(report["dropped"].values())
