@@ -126,7 +126,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     if checkpoint:  # resume: weights, optimizer, schedule and the epochs already done
         with checkpoint.as_directory() as folder:
             _, model = load_student(folder, cfg["labels"])
-            state = torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
+            # weights_only: the checkpoint may come from a shared bucket, and unpickling it in full
+            # would run whatever code a writer of that prefix put there. Optimizer and schedule state
+            # are tensors and plain values, which the restricted loader reads.
+            state = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
             with open(os.path.join(folder, HISTORY_FILE)) as f:
                 history = json.load(f)
         start_epoch = state["epoch"] + 1
