@@ -160,17 +160,16 @@ def test_a_round_survives_kills_after_synthesis_and_while_a_job_runs(rounds_conf
     # Row counts: each round trains on round 0 plus every filtered extra so far, no row twice.
     base_rows = 120  # labelled_rows: 70% unanimous rows pass the cls filter (consistency 1.0)
     base_kept = sum(1 for row in labelled_rows(120) if row["consistency"] == 1.0)
-    for r in (1,):
-        report = storage.read_json(fs, f"{bucket}/rounds/rounds/{r}/extra/report.json")
-        synthesis = storage.read_json(fs, f"{bucket}/rounds/rounds/{r}/extra/synthesis.json")
-        assert report["candidates"] == synthesis["candidates"] == report["kept"] + sum(report["dropped"].values())
-        errors = storage.read_parquet(fs, f"{bucket}/rounds/rounds/{r}/errors.parquet")
-        assert errors.num_rows == synthesis["errors"] <= 6
-        assert pc.all(pc.not_equal(errors.column("label"), errors.column("predicted"))).as_py()
-        if report["kept"]:
-            extra = storage.read_parquet(fs, f"{bucket}/rounds/rounds/{r}/extra/data")
-            assert extra.num_rows == report["kept"] == manifest["rounds"][str(r)]["added"]
-            assert set(extra.column("hard_label").to_pylist()) <= set(LABELS)
+    report = storage.read_json(fs, f"{bucket}/rounds/rounds/1/extra/report.json")
+    synthesis = storage.read_json(fs, f"{bucket}/rounds/rounds/1/extra/synthesis.json")
+    assert report["candidates"] == synthesis["candidates"] == report["kept"] + sum(report["dropped"].values())
+    errors = storage.read_parquet(fs, f"{bucket}/rounds/rounds/1/errors.parquet")
+    assert errors.num_rows == synthesis["errors"] <= 6
+    assert pc.all(pc.not_equal(errors.column("label"), errors.column("predicted"))).as_py()
+    if report["kept"]:
+        extra = storage.read_parquet(fs, f"{bucket}/rounds/rounds/1/extra/data")
+        assert extra.num_rows == report["kept"] == manifest["rounds"]["1"]["added"]
+        assert set(extra.column("hard_label").to_pylist()) <= set(LABELS)
     added = 0
     for r in sorted(manifest["rounds"], key=int):
         info = manifest["rounds"][r]
