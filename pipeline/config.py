@@ -69,6 +69,10 @@ class TeacherConfig:
     cpus_per_actor: float = 1.0
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9  # on CPU: share of RAM for KV cache
+    # The KV cache's size in GiB, instead of what gpu_memory_utilization leaves for it (vLLM's
+    # kv_cache_memory_bytes). On CPU a small model needs little: 0.5 GiB starts faster and leaves the
+    # RAM to other processes (the tiny teacher: 1.2 GB per engine against 4.8 GB at 0.2 of 24 GB).
+    kv_cache_gib: Optional[float] = None
     max_model_len: int = 4096
     enable_prefix_caching: bool = True
     dtype: str = "auto"
@@ -79,6 +83,15 @@ class TeacherConfig:
     # starts in a fifth of the time on CPU (tiny model: 7 s against 36 s), but scheduling no longer
     # overlaps model execution, so long jobs on GPUs decode slower. For short jobs, tests and smoke runs.
     engine_in_actor: bool = False
+    # A group of requests the engine rejects is sent again this many times, then split in halves until
+    # the rows it rejects are found; those go to failed/ with the error and the rest are labelled.
+    request_retries: int = 1
+    # An engine with requests waiting that finishes no step for this long is taken as dead (a hung
+    # engine process, a stuck GPU): the actor exits, Ray starts it anew and its batches run again.
+    stall_timeout_s: float = 600.0
+    # A batch in flight when an actor's engine died this many times runs alone in its actor next,
+    # in parts committed one by one, so that the rows that kill the engine are found and go to failed/.
+    batch_attempts: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +113,9 @@ class StorageConfig:
 
     endpoint_url: Optional[str] = None
     region: Optional[str] = None
+    # Attempts per S3 request: pyarrow's AWS standard retry strategy (exponential backoff with jitter,
+    # on throttling, 5xx answers and network errors). Committed files are written again on top of that.
+    max_attempts: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +143,9 @@ class DistillConfig:
     gradient_accumulation: int = 1
     num_workers: int = 2  # DDP workers
     use_gpu: bool = False
+    # A worker or node lost (a spot GPU reclaimed) restarts the workers from the latest checkpoint,
+    # up to this many times (Ray Train's FailureConfig); -1: without limit.
+    max_failures: int = 3
     seed: int = 0
     target_precision: float = 0.8  # report the recall reached at this precision
 
@@ -141,7 +160,9 @@ class RoundsConfig:
     """
 
     output: str  # local path or s3:// URI: manifest, per-round data and students, summary
-    address: Optional[str] = None  # Jobs API (http://head:8265); default $RAY_ADDRESS, else local
+    # Jobs API (http://head:8265); default $RAY_ADDRESS, else http://127.0.0.1:8265. "local": no Jobs
+    # API, each step runs in the orchestrator's own process on a local Ray cluster (one machine).
+    address: Optional[str] = None
     working_dir: Optional[str] = None  # uploaded with each job; default this project's root
     strategy: str = "extrapolation"  # extrapolation | promptmix | freeal
     rounds: int = 3  # rounds after round 0
@@ -169,6 +190,10 @@ class RoundsConfig:
     max_chars: int = 1000  # filter: longest usable example
     near_duplicate_threshold: float = 0.7  # filter: word 3-gram Jaccard counted as a duplicate
     poll_seconds: float = 2.0  # how often job status is checked
+    step_retries: int = 1  # a step whose job fails is submitted again this many times before the run stops
+    # The Jobs API failing (5xx, the dashboard restarting, connection refused) is retried for this long
+    # before the orchestrator gives up; only "no such job" counts as a lost job.
+    api_timeout_s: float = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,6 +348,14 @@ def _check(config: Config) -> None:
     _positive(teacher.num_actors, "teacher.num_actors")
     _positive(teacher.tensor_parallel_size, "teacher.tensor_parallel_size")
     _positive(teacher.max_model_len, "teacher.max_model_len")
+    _positive(teacher.batch_attempts, "teacher.batch_attempts")
+    if teacher.kv_cache_gib is not None and teacher.kv_cache_gib <= 0:
+        raise ConfigError(f"teacher.kv_cache_gib: must be > 0, got {teacher.kv_cache_gib}")
+    _positive(config.storage.max_attempts, "storage.max_attempts")
+    if teacher.request_retries < 0:
+        raise ConfigError(f"teacher.request_retries: must be >= 0, got {teacher.request_retries}")
+    if teacher.stall_timeout_s <= 0:
+        raise ConfigError(f"teacher.stall_timeout_s: must be > 0, got {teacher.stall_timeout_s}")
     if teacher.temperature < 0:
         raise ConfigError(f"teacher.temperature: must be >= 0, got {teacher.temperature}")
     if teacher.samples > 1 and teacher.temperature == 0:
@@ -387,6 +420,10 @@ def _check_rounds(config: Config) -> None:
         )
     if rounds.poll_seconds <= 0:
         raise ConfigError(f"rounds.poll_seconds: must be > 0, got {rounds.poll_seconds}")
+    if rounds.step_retries < 0:
+        raise ConfigError(f"rounds.step_retries: must be >= 0, got {rounds.step_retries}")
+    if rounds.api_timeout_s <= 0:
+        raise ConfigError(f"rounds.api_timeout_s: must be > 0, got {rounds.api_timeout_s}")
 
 
 def _check_distill(distill: DistillConfig) -> None:
@@ -402,6 +439,8 @@ def _check_distill(distill: DistillConfig) -> None:
         raise ConfigError(f"distill.warmup_ratio: must be in [0, 1), got {distill.warmup_ratio}")
     if not 0 < distill.target_precision <= 1:
         raise ConfigError(f"distill.target_precision: must be in (0, 1], got {distill.target_precision}")
+    if distill.max_failures < -1:
+        raise ConfigError(f"distill.max_failures: must be >= 0, or -1 for no limit, got {distill.max_failures}")
 
 
 def _positive(value: int, key: str) -> None:

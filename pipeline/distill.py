@@ -45,6 +45,16 @@ def holdout_mask(ids: list[str]) -> np.ndarray:
 
 
 def run_distill(config: Config, *, smoke: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train, evaluate and export the student of ``config``; returns the report (also in ``report.json``)."""
+    held: list[storage.OutputLease] = []  # the output's lease, taken once the inputs are checked
+    try:
+        return _run_distill(config, smoke, log, held)
+    finally:
+        for lease in held:
+            lease.release()
+
+
+def _run_distill(config: Config, smoke: bool, log: Callable[[str], None], held: list) -> dict[str, Any]:
     started = time.time()
     distill, student = _require(config.distill, "distill"), _require(config.student, "student")
     label_names = config.task.label_names
@@ -75,6 +85,9 @@ def run_distill(config: Config, *, smoke: bool = False, log: Callable[[str], Non
         out_fs, storage.join(out_root, "manifest.json"), _manifest(config, threshold, labels_uri), distill.output,
         "distill.output",
     )
+    lease = storage.OutputLease(out_fs, out_root, distill.output, "distill.output", "distillation job")
+    lease.acquire()
+    held.append(lease)
     log(
         f"[distill] {scan['rows']} labelled rows; mode {distill.mode}, min consistency {threshold}: "
         f"{scan['train_rows']} train rows, {scan['holdout_rows']} teacher hold-out rows"
@@ -291,7 +304,7 @@ def _train_dataset(sources: list[LabelSource], label_names, threshold, holdout) 
 
 
 def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root: str, run_id: str) -> Any:
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.student import train_loop_per_worker
@@ -324,6 +337,7 @@ def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root:
             storage_path=root,
             storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(checkpoint_score_attribute=score[0], checkpoint_score_order=score[1]),
+            failure_config=FailureConfig(max_failures=distill.max_failures),
         ),
         datasets={"train": train},
     )

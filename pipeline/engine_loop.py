@@ -32,6 +32,10 @@ class EngineStopped(RuntimeError):
     """The engine's thread ended on an error; no request can be served any more."""
 
 
+class EngineStalled(RuntimeError):
+    """The engine finished no step for ``stall_timeout`` seconds while requests waited."""
+
+
 class _Group:
     """One caller's requests: results in submission order, a future for all of them."""
 
@@ -45,9 +49,13 @@ class _Group:
 class EngineLoop:
     """Owns ``llm`` from a background thread and steps it while any request is unfinished."""
 
-    def __init__(self, llm: Any, idle_poll: float = 0.05):
+    def __init__(self, llm: Any, idle_poll: float = 0.05, stall_timeout: Optional[float] = None):
         self.llm = llm
         self.idle_poll = idle_poll
+        # A step that does not return (an engine process gone, a GPU stuck) would leave every caller
+        # waiting for ever: a watchdog stops the loop instead, and the callers hear EngineStopped.
+        self.stall_timeout = stall_timeout
+        self._last_step = time.monotonic()  # when a step last returned, or work arrived at an idle engine
         self._inbox: queue.Queue = queue.Queue()
         self._pending: dict[str, tuple[_Group, int]] = {}  # request id -> (group, position)
         self._request_ids = itertools.count()
@@ -56,6 +64,8 @@ class EngineLoop:
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self._thread.start()
+        if stall_timeout is not None:
+            threading.Thread(target=self._watch, name="engine-watchdog", daemon=True).start()
 
     def submit(self, prompts: Sequence[Any], params: Any,
                on_output: Optional[Callable[[Any], None]] = None) -> concurrent.futures.Future:
@@ -81,15 +91,24 @@ class EngineLoop:
             busy, self._busy = self._busy, 0.0
         return busy
 
+    @property
+    def stopped(self) -> Optional[BaseException]:
+        """The error the loop stopped on, or None while it runs."""
+        return self._error
+
     def _run(self) -> None:
         engine = self.llm.llm_engine
         try:
-            while True:
-                self._take_new(block=not engine.has_unfinished_requests())
+            while self._error is None:
+                idle = not engine.has_unfinished_requests()
+                self._take_new(block=idle)
                 if not engine.has_unfinished_requests():
                     continue
+                if idle:
+                    self._last_step = time.monotonic()
                 started = time.perf_counter()
                 outputs = engine.step()
+                self._last_step = time.monotonic()
                 with self._busy_lock:
                     self._busy += time.perf_counter() - started
                 for output in outputs:
@@ -97,6 +116,15 @@ class EngineLoop:
                         self._finish(output)
         except BaseException as err:  # noqa: BLE001 - every waiting caller must hear of it
             self._stop(err)
+
+    def _watch(self) -> None:
+        every = min(5.0, self.stall_timeout / 4)
+        while self._error is None:
+            time.sleep(every)
+            waited = time.monotonic() - self._last_step
+            if self._pending and waited > self.stall_timeout:
+                self._stop(EngineStalled(f"no engine step finished in {waited:.0f}s with "
+                                         f"{len(self._pending)} requests waiting"))
 
     def _take_new(self, block: bool) -> None:
         """Add every queued group's requests; wait for one when the engine is idle."""
@@ -129,6 +157,8 @@ class EngineLoop:
             group.future.set_exception(err)
 
     def _finish(self, output: Any) -> None:
+        if output.request_id not in self._pending:  # failed already: the watchdog stopped the loop
+            return
         group, position = self._pending.pop(output.request_id)
         group.results[position] = output
         group.left -= 1
@@ -138,11 +168,17 @@ class EngineLoop:
             group.future.set_result(group.results)
 
     def _stop(self, err: BaseException) -> None:
+        if self._error is not None:
+            return
         self._error = err
-        for group, _ in list(self._pending.values()):
+        for group, _ in self._pending.copy().values():  # copy(): atomic, though the engine thread may still run
             self._fail(group)
         self._pending.clear()
         self._fail_queued()
+
+    def stop(self, err: BaseException) -> None:
+        """Fail every waiting and later caller with ``err`` (the engine is known to be dead)."""
+        self._stop(err)
 
     def _fail_queued(self) -> None:
         while True:

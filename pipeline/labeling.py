@@ -4,7 +4,11 @@ Output layout under ``data.output`` (local or s3://)::
 
     manifest.json          labels, prompt hash, teacher and sampling settings
     data/part-*.parquet    labelled rows (schemas.LABELLED), ``teacher.commit_rows`` rows a file
-    quarantine/*.parquet   rows that could not be labelled, with the reason
+    quarantine/*.parquet   input rows that cannot be labelled (bad id, text, ...), with the reason
+    failed/part-*.parquet  rows the teacher could not label (the engine rejected them, or they killed
+                           it), with the error (schemas.FAILED); a rerun skips them, and deleting
+                           the folder makes the next run try them again
+    attempts/*.json        batches begun and not yet committed (see teacher.plan_run)
     report.json            the run's report
 
 Exactly once: every file is committed atomically under a name derived from
@@ -39,7 +43,7 @@ from pipeline import idindex, prompts, reports, storage
 from pipeline.cluster import init_ray
 from pipeline.config import Config, ConfigError
 from pipeline.corpus import open_corpus, read_corpus
-from pipeline.teacher import PromptRenderer, TeacherLabeler, labeling_pool_options
+from pipeline.teacher import PromptRenderer, TeacherLabeler, injected_faults, labeling_pool_options
 
 DUPLICATE_ID = "duplicate id"
 
@@ -56,6 +60,14 @@ class OutputLayout:
     @property
     def quarantine(self) -> str:
         return storage.join(self.root, "quarantine")
+
+    @property
+    def failed(self) -> str:
+        return storage.join(self.root, "failed")
+
+    @property
+    def attempts(self) -> str:
+        return storage.join(self.root, "attempts")
 
     @property
     def manifest(self) -> str:
@@ -82,7 +94,12 @@ def run_labeling(config: Config, *, smoke: bool = False, log: Callable[[str], No
     manifest = _manifest(config)
     storage.claim_output(out.fs, out.manifest, manifest, config.data.output, "data.output")
     log(f"[label] {len(corpus.files)} {corpus.format} file(s) from {config.data.input}")
+    with storage.OutputLease(out.fs, out.root, config.data.output, "data.output", "labelling job"):
+        return _label_into(out, corpus, config, started, smoke, log)
 
+
+def _label_into(out: OutputLayout, corpus: Any, config: Config, started: float, smoke: bool,
+                log: Callable[[str], None]) -> dict[str, Any]:
     init_ray()
     rows = read_corpus(corpus, config.task.label_names)
     committed_ref, _ = committed_index(out)
@@ -97,6 +114,7 @@ def run_labeling(config: Config, *, smoke: bool = False, log: Callable[[str], No
     del committed_ref  # the object store may free it
 
     removed, _ = remove_duplicate_ids(out)
+    failed_total = idindex.summarize_files(out.fs, failed_files(out))["rows"]
     report = reports.labeling_report(
         out,
         config,
@@ -105,10 +123,11 @@ def run_labeling(config: Config, *, smoke: bool = False, log: Callable[[str], No
         already_done=counts["already_done"],
         run=run_stats,
         duplicates_removed=removed,
+        failed_total=failed_total,
         wall_seconds=time.time() - started,
         smoke=smoke,
     )
-    storage.write_json(fs, out.report, report)
+    storage.write_json(out.fs, out.report, report)
     return report
 
 
@@ -146,12 +165,18 @@ def committed_files(out: OutputLayout) -> list[str]:
     return storage.list_files(out.fs, out.data, (".parquet",))
 
 
+def failed_files(out: OutputLayout) -> list[str]:
+    """The files of rows the teacher could not label (failed/)."""
+    return storage.list_files(out.fs, out.failed, (".parquet",))
+
+
 def committed_index(out: OutputLayout) -> tuple[Optional[Any], dict[str, Any]]:
-    """An :class:`~pipeline.idindex.IdIndex` of the committed ids (its ``ObjectRef``, or None) and a summary.
+    """An :class:`~pipeline.idindex.IdIndex` of the ids done (its ``ObjectRef``, or None) and a summary:
+    the committed ids and those in failed/, which a rerun does not send to the teacher again.
 
     The files are read in parallel by Ray tasks, ``id`` column only.
     """
-    return idindex.build_from_files(out.fs, committed_files(out))
+    return idindex.build_from_files(out.fs, committed_files(out) + failed_files(out))
 
 
 def _scan_block(batch: pa.Table, committed_ref: Optional[Any]) -> pa.Table:
@@ -300,18 +325,22 @@ def _label(
     """
     import ray
 
-    stats = {"rows": 0, "abstentions": 0, "prompt_tokens": 0, "completion_tokens": 0, "demos_dropped": 0,
-             "seconds": 0.0}
+    stats = {"rows": 0, "failed": 0, "abstentions": 0, "prompt_tokens": 0, "completion_tokens": 0,
+             "demos_dropped": 0, "seconds": 0.0}
     if todo == 0:
         return stats
     teacher = config.teacher
+    # Markers of batches an earlier job left unfinished: this job forms its batches anew.
+    storage.delete_dir(out.fs, out.attempts)
     board = ray.remote(num_cpus=0)(_Board).remote()
     pending = rows.map_batches(
         _pending, batch_format="pyarrow", fn_kwargs={"duplicates": duplicates, "committed_ref": committed_ref}
     ).repartition(target_num_rows_per_block=teacher.commit_rows, strict=True)
     summaries = pending.map_batches(
         TeacherLabeler,
-        fn_constructor_kwargs={"config": config, "data_fs": out.fs, "data_path": out.data, "progress": board},
+        fn_constructor_kwargs={"config": config, "data_fs": out.fs, "data_path": out.data, "progress": board,
+                               "failed_path": out.failed, "attempts_path": out.attempts,
+                               "faults": injected_faults()},
         **labeling_pool_options(teacher),
     )
     progress = Progress(todo, log)
@@ -321,7 +350,7 @@ def _label(
             for row in batch.to_pylist():
                 for key in stats:
                     stats[key] += row[key]
-                progress.committed += row["rows"]
+                progress.committed += row["rows"] + row["failed"]
     finally:
         watcher.stop()
     progress.finish()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 from pipeline.config import TaskConfig
 
@@ -29,8 +30,17 @@ def system_message(task: TaskConfig) -> str:
     )
 
 
+_DELIMITER = re.compile(r"<(/?)text>", re.IGNORECASE)
+
+
+def escape_text(text: str) -> str:
+    """``text`` with the prompt's own delimiters spelled so that they cannot end the text early:
+    a text holding ``</text>`` could otherwise write what looks like instructions after it."""
+    return _DELIMITER.sub(lambda m: f"&lt;{m.group(1)}text&gt;", text)
+
+
 def user_message(text: str) -> str:
-    return f"<text>{text}</text>"
+    return f"<text>{escape_text(text)}</text>"
 
 
 def assistant_message(rationale: str, label: str) -> str:

@@ -85,6 +85,7 @@ def labeling_report(
     already_done: int,
     run: dict[str, Any],
     duplicates_removed: int,
+    failed_total: int,
     wall_seconds: float,
     smoke: bool,
 ) -> dict[str, Any]:
@@ -115,6 +116,8 @@ def labeling_report(
             "abstained": total["abstained_rows"],
             "truncated": total["truncated_rows"],
             "duplicates_removed": duplicates_removed,
+            "failed_this_run": run.get("failed", 0),
+            "failed_total": failed_total,
         },
         **({"per_row_demos": {"column": config.data.demos_column,
                               "demos_dropped_to_fit_this_run": run.get("demos_dropped", 0)}}
@@ -155,6 +158,9 @@ def format_labeling_report(report: dict[str, Any]) -> str:
         f"  rows        input {rows['input']}, labelled {rows['labelled_this_run']} this run "
         f"({rows['labelled_total']} in output), skipped {rows['skipped_already_committed']} already committed",
         f"  quarantined {rows['quarantined']} {rows['quarantine_reasons'] or ''}".rstrip(),
+        f"  failed      {rows['failed_total']} rows the teacher could not label ({rows['failed_this_run']} this run)"
+        + (": failed/ holds them with the error; a rerun skips them until it is deleted"
+           if rows["failed_total"] else ""),
         f"  abstained   {rows['abstained']} rows (no valid vote); "
         f"{report['votes']['abstained']}/{report['votes']['total']} votes",
         f"  truncated   {rows['truncated']} texts cut to fit the context",

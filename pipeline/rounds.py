@@ -33,15 +33,24 @@ outputs and metrics. A step is recorded as submitted *before* it is
 submitted, under a submission id fixed by the run, round, step and attempt,
 so an orchestrator killed at any point and started again finds the step's
 job (still running: it waits; succeeded: it records it; failed or lost: it
-submits the next attempt) and never runs a finished step twice.
+submits the next attempt) and never runs a finished step twice. A job that
+fails is submitted again up to ``rounds.step_retries`` times. Errors of the
+Jobs API itself (5xx answers, a dashboard restarting) are retried for
+``rounds.api_timeout_s``: only an answer that the job does not exist counts as
+a lost job, and a job is submitted again only once its earlier attempt is seen
+ended. Job logs are followed as they grow, not downloaded again at each poll.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import hashlib
+import json
 import os
 import re
 import shlex
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -71,6 +80,70 @@ class StepFailed(RuntimeError):
     """A round's step ran as a Ray job and failed; the message names it and holds its log tail."""
 
 
+class JobsApiError(RuntimeError):
+    """The Jobs API kept failing for ``rounds.api_timeout_s``."""
+
+
+_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def _job_missing(err: BaseException) -> bool:
+    """Whether a Jobs API error says the job does not exist (rather than that the API failed)."""
+    text = str(err)
+    return "status code 404" in text or "does not exist" in text
+
+
+class LogFollower:
+    """Follows one job's log through the Jobs API's log stream, in a thread of its own.
+
+    Keeps the last ``keep`` lines (a failed step's report) and hands every new
+    line to ``on_line``. A stream cut short (the dashboard restarting) is opened
+    again and replays the log from its start; lines already seen are skipped.
+    """
+
+    def __init__(self, client: Any, submission_id: str, on_line: Callable[[str], None], keep: int = LOG_TAIL_LINES):
+        self.client, self.submission_id, self.on_line = client, submission_id, on_line
+        self.tail: collections.deque[str] = collections.deque(maxlen=keep)
+        self.seen = 0
+        self.ended = threading.Event()  # the stream ended with the job
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"logs-{submission_id}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                asyncio.run(self._follow())
+                self.ended.set()
+                return
+            except Exception:  # noqa: BLE001 - a cut stream is opened again
+                self._stop.wait(2.0)
+
+    async def _follow(self) -> None:
+        line_no, partial = 0, ""
+        async for chunk in self.client.tail_job_logs(self.submission_id):
+            lines = (partial + chunk).split("\n")
+            partial = lines.pop()
+            for line in lines:
+                line_no += 1
+                if line_no > self.seen:
+                    self.seen = line_no
+                    self.tail.append(line)
+                    self.on_line(line)
+            if self._stop.is_set():
+                return
+        if partial and line_no + 1 > self.seen:
+            self.seen = line_no + 1
+            self.tail.append(partial)
+            self.on_line(partial)
+
+    def finish(self, timeout: float = 10.0) -> list[str]:
+        """Wait (briefly) for the stream to end with the job, stop following; the last lines seen."""
+        self.ended.wait(timeout)
+        self._stop.set()
+        return list(self.tail)
+
+
 def run_rounds(config: Config, *, log: Callable[[str], None] = print, client: Any = None) -> dict[str, Any]:
     """Run (or continue) the rounds of ``config.rounds``; returns the summary."""
     if config.rounds is None:
@@ -78,10 +151,11 @@ def run_rounds(config: Config, *, log: Callable[[str], None] = print, client: An
     config = absolute_paths(config)
     preflight(config)
     layout = RoundsLayout.of(config)
-    manifest = Manifest.open(layout, config)
-    client = client or job_client(config.rounds.address)
-    runner = _Runner(config, layout, manifest, client, log)
-    return runner.run()
+    with storage.OutputLease(layout.fs, layout.root, config.rounds.output, "rounds.output", "rounds orchestrator"):
+        manifest = Manifest.open(layout, config)
+        client = client or job_client(config.rounds.address)
+        runner = _Runner(config, layout, manifest, client, log)
+        return runner.run()
 
 
 def absolute_paths(config: Config) -> Config:
@@ -130,9 +204,14 @@ def preflight(config: Config) -> None:
 
 
 def job_client(address: Optional[str]) -> Any:
-    """A Jobs API client for ``address``, else $RAY_ADDRESS, else the local head's default."""
+    """A Jobs API client for ``address``, else $RAY_ADDRESS, else the local head's default;
+    ``local``: no Jobs API, every step run in this process (:mod:`pipeline.local_jobs`)."""
     from ray.job_submission import JobSubmissionClient
 
+    if address == "local":
+        from pipeline.local_jobs import LocalJobs
+
+        return LocalJobs()
     address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     _use_ray_auth_token()
     return JobSubmissionClient(address)
@@ -199,8 +278,12 @@ def config_fingerprint(config: Config) -> str:
 
     import yaml
 
-    rounds = dataclasses.replace(config.rounds, address=None, working_dir=None, poll_seconds=1.0)
-    text = dump_config(dataclasses.replace(config, rounds=rounds))
+    rounds = dataclasses.replace(config.rounds, address=None, working_dir=None, poll_seconds=1.0, step_retries=0,
+                                 api_timeout_s=1.0)
+    # How failures are retried is not what the run computes either.
+    teacher = dataclasses.replace(config.teacher, request_retries=0, stall_timeout_s=1.0, batch_attempts=1)
+    storage_config = dataclasses.replace(config.storage, max_attempts=1)
+    text = dump_config(dataclasses.replace(config, rounds=rounds, teacher=teacher, storage=storage_config))
     return hashlib.sha256(yaml.safe_dump(yaml.safe_load(text), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -263,7 +346,7 @@ class _Runner:
         config = self.config
         self._step(0, "demos", self._step_entrypoint("demos", 0))
         self._step(0, "label", self._entrypoint("ray_jobs/label.py", [
-            freeal_steps.task_demos_override(config), f"data.output={freeal_steps.labels_uri(config, 0)}"]))
+            freeal_steps.task_demos_override(config), _override("data.output", freeal_steps.labels_uri(config, 0))]))
         self._freeal_student(0)
         for r in range(1, self.rounds.rounds + 1):
             stop = self._stop_reason(r)
@@ -273,7 +356,7 @@ class _Runner:
             if self._read_report(previous, "report.json")["to_relabel"] == 0:
                 return f"round {r - 1}'s selection left no noisy row to relabel"
             self._step(r, "relabel", self._entrypoint("ray_jobs/label.py", _relabel_overrides(
-                f"{previous}/relabel_input", relabelled_uri(config, r)) + ["data.demos_column=demos"]))
+                f"{previous}/relabel_input", relabelled_uri(config, r)) + [_override("data.demos_column", "demos")]))
             self._step(r, "merge", self._step_entrypoint("merge", r))
             self._freeal_student(r)
         return f"ran all {self.rounds.rounds} rounds"
@@ -283,12 +366,13 @@ class _Runner:
         config = self.config
         labels = freeal_steps.labels_uri(config, r)
         self._step(r, "warmup", self._entrypoint("ray_jobs/distill.py", [
-            f"distill.labels={labels}", "distill.extra_labels=[]",
-            f"distill.output={freeal_steps.warmup_uri(config, r)}"]))
+            _override("distill.labels", labels), _override("distill.extra_labels", []),
+            _override("distill.output", freeal_steps.warmup_uri(config, r))]))
         self._step(r, "select", self._step_entrypoint("select", r))
         data = f"{freeal_steps.selection_uri(config, r)}/student_data"
         self._step(r, "train", self._entrypoint("ray_jobs/distill.py", [
-            f"distill.labels={data}", "distill.extra_labels=[]", f"distill.output={student_uri(config, r)}"]))
+            _override("distill.labels", data), _override("distill.extra_labels", []),
+            _override("distill.output", student_uri(config, r))]))
         changed = self._read_report(round_uri(config, r), "merge.json")["labels_changed"] if r > 0 else 0
         self._record_round(r, added=changed, trained=True, data=[data])
 
@@ -311,8 +395,8 @@ class _Runner:
         """
         data = training_data(self.config, r, arm,
                              lambda q: self._read_report(extra_uri(self.config, q), "report.json")["kept"])
-        overrides = [f"distill.labels={data[0]}", f"distill.extra_labels={_yaml_list(data[1:])}",
-                     f"distill.output={student_uri(self.config, r, arm)}"]
+        overrides = [_override("distill.labels", data[0]), _override("distill.extra_labels", data[1:]),
+                     _override("distill.output", student_uri(self.config, r, arm))]
         self._step(r, f"train-{arm}" if arm else "train", self._entrypoint("ray_jobs/distill.py", overrides))
         if arm:
             return
@@ -390,6 +474,8 @@ class _Runner:
                 return self._wait(r, name, record)
             self.log(f"[rounds] round {r} {name}: its job {record['submission_id']} is {status or 'lost'}; "
                      "submitting it again")
+        if record:
+            self._stop_job(record["submission_id"])
         attempt = record["attempt"] + 1 if record else 0
         submission_id = f"raydistill-{self.manifest.state['run_id']}-r{r}-{name}-a{attempt}"
         record = {"status": "submitted", "submission_id": submission_id, "attempt": attempt,
@@ -418,25 +504,37 @@ class _Runner:
                 time.sleep(2)
 
     def _wait(self, r: int, name: str, record: dict[str, Any]) -> None:
-        submission_id, shown = record["submission_id"], 0
-        while True:
-            status = self._job_status(submission_id)
-            logs = self._logs(submission_id)
-            for line in logs.splitlines()[shown:]:
-                if _PROGRESS.match(line):  # the jobs' own progress lines; the full log stays with Ray
-                    self.log(f"  | {line}")
-            shown = len(logs.splitlines())
-            if status in ("SUCCEEDED", "FAILED", "STOPPED", None):
-                break
-            time.sleep(self.rounds.poll_seconds)
+        submission_id = record["submission_id"]
+
+        def show(line: str) -> None:
+            if _PROGRESS.match(line):  # the jobs' own progress lines; the full log stays with Ray
+                self.log(f"  | {line}")
+
+        follower = LogFollower(self.client, submission_id, show)
+        status: Optional[str] = None
+        try:
+            while True:
+                status = self._job_status(submission_id)
+                if status in (*_TERMINAL, None):
+                    break
+                time.sleep(self.rounds.poll_seconds)
+        finally:
+            lines = follower.finish(timeout=10.0 if status in _TERMINAL else 0.0)
         record = {**record, "finished_at": time.time(), "job_status": status}
         record["seconds"] = round(record["finished_at"] - record["submitted_at"], 1)
         if status != "SUCCEEDED":
-            tail = "\n".join(logs.splitlines()[-LOG_TAIL_LINES:])
+            if not lines:  # the log stream never opened: fetch the log once
+                lines = self._logs(submission_id).splitlines()[-LOG_TAIL_LINES:]
+            tail = "\n".join(lines)
             record.update(status="failed", log_tail=tail)
             self.manifest.set_step(r, name, record)
+            if record["attempt"] < self.rounds.step_retries:
+                self.log(f"[rounds] round {r} {name}: job {submission_id} ended {status or 'unknown to the cluster'}; "
+                         f"submitting it again (attempt {record['attempt'] + 2} of {self.rounds.step_retries + 1})")
+                return self._step(r, name, record["entrypoint"])
             raise StepFailed(
                 f"round {r} step {name!r} failed: Ray job {submission_id} ended {status or 'unknown to the cluster'}"
+                f" (attempt {record['attempt'] + 1} of {self.rounds.step_retries + 1})"
                 f"\n--- last {LOG_TAIL_LINES} log lines ---\n{tail}"
             )
         record["status"] = "succeeded"
@@ -445,16 +543,43 @@ class _Runner:
         _exit_if_asked(f"{r}/{name}")
 
     def _job_status(self, submission_id: str) -> Optional[str]:
-        try:
-            return str(self.client.get_job_status(submission_id).value)
-        except RuntimeError:  # unknown to the cluster (e.g. the cluster was restarted)
-            return None
+        """The job's status; None when the cluster says it has no such job (e.g. it was restarted)."""
+        return self._api(lambda: str(self.client.get_job_status(submission_id).value),
+                         f"the status of job {submission_id}", missing=None)
 
     def _logs(self, submission_id: str) -> str:
-        try:
-            return self.client.get_job_logs(submission_id)
-        except RuntimeError:
-            return ""
+        return self._api(lambda: self.client.get_job_logs(submission_id), f"the log of job {submission_id}",
+                         missing="")
+
+    def _stop_job(self, submission_id: str) -> None:
+        """Before another attempt: the earlier one must be seen ended, never two jobs on one output."""
+        status = self._job_status(submission_id)
+        if status is None or status in _TERMINAL:
+            return
+        self.log(f"[rounds] stopping job {submission_id} ({status}) before its next attempt")
+        self._api(lambda: self.client.stop_job(submission_id), f"stopping job {submission_id}", missing=None)
+        deadline = time.time() + self.rounds.api_timeout_s
+        while (status := self._job_status(submission_id)) not in (*_TERMINAL, None):
+            if time.time() > deadline:
+                raise JobsApiError(f"job {submission_id} is still {status} {self.rounds.api_timeout_s:.0f}s after "
+                                   "it was asked to stop; stop it (ray job stop) and start the rounds again")
+            time.sleep(self.rounds.poll_seconds)
+
+    def _api(self, call: Callable[[], Any], what: str, missing: Any) -> Any:
+        """``call()`` through the Jobs API, retried with backoff while the API fails; ``missing`` if no such job."""
+        deadline, wait = time.time() + self.rounds.api_timeout_s, 1.0
+        while True:
+            try:
+                return call()
+            except (RuntimeError, OSError) as err:  # HTTP errors; requests' connection errors are OSErrors
+                if _job_missing(err):
+                    return missing
+                if time.time() > deadline:
+                    raise JobsApiError(f"the Jobs API at {_address(self.client)} failed for "
+                                       f"{self.rounds.api_timeout_s:.0f}s while asking {what}: {err}") from err
+                self.log(f"[rounds] the Jobs API failed asking {what} ({str(err)[:200]}); retrying in {wait:.0f}s")
+                time.sleep(wait)
+                wait = min(wait * 2, 30.0)
 
     def _runtime_env(self) -> dict[str, Any]:
         env_vars = {"TOKENIZERS_PARALLELISM": "false"}
@@ -510,14 +635,17 @@ def _exit_if_asked(point: str) -> None:
         os._exit(75)
 
 
+def _override(key: str, value: Any) -> str:
+    """One ``--set key=value``, the value written as JSON (which YAML reads as it is): a path holding
+    ``:``, ``#``, quotes or brackets stays one string."""
+    return f"{key}={json.dumps(value, ensure_ascii=False)}"
+
+
 def _relabel_overrides(input_uri: str, output_uri: str) -> list[str]:
     """``--set`` overrides that point the labelling job at a round's own parquet (``id``, ``text``)."""
-    return [f"data.input={input_uri}", "data.format=parquet", "data.id_column=id", "data.text_column=text",
-            f"data.output={output_uri}"]
-
-
-def _yaml_list(items: list[str]) -> str:
-    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+    return [_override("data.input", input_uri), _override("data.format", "parquet"),
+            _override("data.id_column", "id"), _override("data.text_column", "text"),
+            _override("data.output", output_uri)]
 
 
 def _address(client: Any) -> str:

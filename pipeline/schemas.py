@@ -37,11 +37,22 @@ QUARANTINE = pa.schema(
     ]
 )
 
+# Rows the teacher could not label (the engine rejected them, or they killed it), with the error.
+# A rerun skips them; deleting failed/ makes the next run try them again.
+FAILED = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
 # What each labelling actor returns per committed shard (small, for progress).
 SHARD_SUMMARY = pa.schema(
     [
         pa.field("shard", pa.string()),
         pa.field("rows", pa.int64()),
+        pa.field("failed", pa.int64()),  # rows that went to failed/ instead
         pa.field("abstentions", pa.int64()),
         pa.field("prompt_tokens", pa.int64()),
         pa.field("completion_tokens", pa.int64()),

@@ -11,7 +11,7 @@ import io
 import json
 import os
 import uuid
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -39,6 +39,7 @@ def resolve(uri: str, storage: StorageConfig) -> tuple[pafs.FileSystem, str]:
             kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
         if storage.region:
             kwargs["region"] = storage.region
+        kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=storage.max_attempts)
         return pafs.S3FileSystem(**kwargs), uri[len("s3://"):].rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
@@ -48,7 +49,7 @@ def join(path: str, *parts: str) -> str:
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return _read(fs, lambda: fs.get_file_info(path).type != pafs.FileType.NotFound, f"looking for {path}")
 
 
 def list_files(fs: pafs.FileSystem, path: str, suffixes: Iterable[str] = ()) -> list[str]:
@@ -56,13 +57,13 @@ def list_files(fs: pafs.FileSystem, path: str, suffixes: Iterable[str] = ()) -> 
 
     Names starting with ``_`` or ``.`` (markers, temporary files) are skipped.
     """
-    info = fs.get_file_info(path)
+    info = _read(fs, lambda: fs.get_file_info(path), f"looking for {path}")
     if info.type == pafs.FileType.File:
         return [path]
     if info.type == pafs.FileType.NotFound:
         return []
     suffixes = tuple(suffixes)
-    found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    found = _read(fs, lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True)), f"listing {path}")
     files = []
     for entry in found:
         relative = entry.path[len(path):].lstrip("/")
@@ -81,15 +82,45 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     only becomes visible once its upload completes, so a direct write is atomic.
     """
     parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(parent, recursive=True)
         tmp = join(parent, f".tmp-{uuid.uuid4().hex}")
         with fs.open_output_stream(tmp) as out:
             out.write(data)
         os.replace(tmp, path)
         return
-    with fs.open_output_stream(path) as out:
-        out.write(data)
+
+    def upload() -> None:
+        fs.create_dir(parent, recursive=True)
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+
+    retrying(upload, f"writing {path}")
+
+
+# Whole-operation attempts on top of the S3 client's own (storage.max_attempts per request): a commit
+# that still fails is tried again after 1, 2, 4, ... seconds, so that an S3 outage of a few minutes
+# does not throw away the GPU work of the batch being committed.
+WRITE_ATTEMPTS = 8
+
+
+def retrying(operation: Any, what: str, attempts: int = WRITE_ATTEMPTS, first_wait: float = 1.0) -> Any:
+    """``operation()``, tried up to ``attempts`` times on ``OSError`` (pyarrow's S3 errors) with backoff."""
+    import sys
+    import time
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return operation()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+            raise  # an answer, not a failure
+        except OSError as err:
+            if attempt == attempts:
+                raise OSError(f"{what}: failed {attempts} times, the last with: {err}") from err
+            wait = min(first_wait * 2 ** (attempt - 1), 60.0)
+            print(f"[storage] {what}: {err}; trying again in {wait:.0f}s ({attempt}/{attempts})", file=sys.stderr,
+                  flush=True)
+            time.sleep(wait)
 
 
 def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
@@ -101,7 +132,7 @@ def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> Non
 def read_parquet(fs: pafs.FileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
     """All parquet files under ``path`` (a file or a folder) as one table."""
     files = list_files(fs, path, (".parquet",))
-    tables = [pq.read_table(f, filesystem=fs, columns=columns) for f in files]
+    tables = [_read(fs, lambda f=f: pq.read_table(f, filesystem=fs, columns=columns), f"reading {f}") for f in files]
     if not tables:
         raise FileNotFoundError(f"no parquet files under {path}")
     return pa.concat_tables(tables, promote_options="default")
@@ -112,8 +143,28 @@ def write_json(fs: pafs.FileSystem, path: str, obj: Any) -> None:
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> Any:
-    with fs.open_input_stream(path) as stream:
-        return json.loads(stream.read().decode("utf-8"))
+    def read() -> Any:
+        with fs.open_input_stream(path) as stream:
+            return json.loads(stream.read().decode("utf-8"))
+
+    return _read(fs, read, f"reading {path}")
+
+
+def _read(fs: pafs.FileSystem, operation: Any, what: str) -> Any:
+    """An S3 call other than a commit, tried again as a whole: after a connection cut while a body
+    streams in (which the S3 client does not retry), or once the client's retry quota is spent (AWS's
+    standard strategy stops retrying after a burst of errors). Local calls run once."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return operation()
+    return retrying(operation, what)
+
+
+def delete_file(fs: pafs.FileSystem, path: str) -> None:
+    """Delete ``path``; a file that is not there is no error."""
+    try:
+        _read(fs, lambda: fs.delete_file(path), f"deleting {path}")
+    except FileNotFoundError:
+        pass
 
 
 def delete_dir(fs: pafs.FileSystem, path: str) -> None:
@@ -139,3 +190,111 @@ def claim_output(
                 )
         return
     write_json(fs, manifest_path, manifest)
+
+
+class LeaseHeld(RuntimeError):
+    """Another live job holds the output."""
+
+
+class OutputLease:
+    """One live job per output folder: ``lease.json`` names the holder and is renewed every
+    ``renew_s`` seconds from a thread of the holding process.
+
+    A second job pointed at the folder while the lease is fresh is refused with an error naming
+    the holder. A lease not renewed for ``ttl_s`` seconds, or held by a process of this machine
+    that is gone (a killed driver, started again at once), is stale and taken over. Object stores
+    have no compare-and-swap here, so the lease is written, then read back after ``settle_s``: of
+    two jobs starting together, the one that reads another holder backs off. It keeps the
+    mistakes people make (a second job on a running output) from mixing two runs' files; it is
+    not a lock against adversaries.
+    """
+
+    def __init__(self, fs: pafs.FileSystem, root: str, uri: str, key: str, what: str, ttl_s: float = 180.0,
+                 renew_s: float = 20.0, settle_s: float = 1.0):
+        import socket
+        import threading
+
+        self.fs, self.path, self.uri, self.key = fs, join(root, "lease.json"), uri, key
+        self.ttl_s, self.renew_s, self.settle_s = ttl_s, renew_s, settle_s
+        self.me = {"holder": uuid.uuid4().hex, "what": what, "host": socket.gethostname(), "pid": os.getpid(),
+                   "pid_started": _process_started(os.getpid())}
+        self._stop = threading.Event()
+        self._thread: Any = None
+
+    def __enter__(self) -> "OutputLease":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        import threading
+        import time
+
+        current = self._read()
+        if current is not None and not self._stale(current):
+            raise LeaseHeld(self._held_message(current))
+        self._write()
+        time.sleep(self.settle_s)
+        current = self._read()
+        if current is None or current["holder"] != self.me["holder"]:
+            raise LeaseHeld(self._held_message(current or {}))
+        self._thread = threading.Thread(target=self._renew, name="output-lease", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        current = self._read()
+        if current is not None and current["holder"] == self.me["holder"]:
+            delete_file(self.fs, self.path)
+
+    def _renew(self) -> None:
+        import sys
+
+        while not self._stop.wait(self.renew_s):
+            try:
+                self._write()
+            except OSError as err:  # a missed renewal is no reason to stop the job
+                print(f"[lease] could not renew {self.path}: {err}", file=sys.stderr, flush=True)
+
+    def _write(self) -> None:
+        import time
+
+        write_json(self.fs, self.path, {**self.me, "renewed": time.time()})
+
+    def _read(self) -> Any:
+        try:
+            return read_json(self.fs, self.path)
+        except FileNotFoundError:
+            return None
+
+    def _stale(self, lease: dict[str, Any]) -> bool:
+        import socket
+        import time
+
+        if time.time() - lease.get("renewed", 0) > self.ttl_s:
+            return True
+        # Held by a process of this machine that is gone (or a new process with its pid).
+        return lease.get("host") == socket.gethostname() and _process_started(lease.get("pid")) != lease.get(
+            "pid_started")
+
+    def _held_message(self, lease: dict[str, Any]) -> str:
+        import time
+
+        age = time.time() - lease.get("renewed", time.time())
+        return (f"{self.key}: {self.uri} is in use by a running {lease.get('what', 'job')} (host "
+                f"{lease.get('host', '?')}, pid {lease.get('pid', '?')}, renewed {age:.0f}s ago); wait for it "
+                f"to end or use another output. A lease not renewed for {self.ttl_s:.0f}s is taken over.")
+
+
+def _process_started(pid: Any) -> Optional[float]:
+    """When process ``pid`` of this machine started (None: no such process)."""
+    try:
+        import psutil
+
+        return psutil.Process(int(pid)).create_time()
+    except Exception:  # noqa: BLE001 - gone, not ours, or no pid
+        return None

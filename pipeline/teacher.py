@@ -12,21 +12,42 @@ and share its engine, so the engine is never drained between batches.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import pyarrow as pa
 
 from pipeline import prompts, schemas, storage
 from pipeline.answers import parse_answer
-from pipeline.engine_loop import EngineLoop
+from pipeline.engine_loop import EngineLoop, EngineStopped
 from pipeline.config import ABSTAIN, Config, ConfigError, Demo, TaskConfig, TeacherConfig
 from pipeline.votes import aggregate_votes
+
+# Faults to inject, for the fault matrix (bench/fault_matrix.py) and the tests: JSON in this variable,
+# read by the labelling job's driver and handed to its actors. Unset, nothing is injected.
+#   "engine_error": a row whose text contains this string reaches the engine with a prompt longer than
+#                   its context, which the engine rejects (a request-level engine error).
+#   "engine_death": the engine dies while a row whose text contains this string is in flight: its
+#                   process is killed (SIGKILL) when it has one, else the engine loop stops on an error.
+#   "engine_death_once": a file path; with it, only the first such death happens (it creates the file).
+FAULTS_ENV = "RAYDISTILL_INJECT_FAULTS"
+# How an actor whose engine died ends its process, so that Ray starts it anew (visible in Ray's logs).
+ENGINE_DIED_EXIT_CODE = 86
+# Parts a batch is split into, in its split runs (see :func:`plan_run`).
+SPLIT_FANOUT = 8
+
+
+def injected_faults() -> dict[str, str]:
+    raw = os.environ.get(FAULTS_ENV)
+    return json.loads(raw) if raw else {}
+
 
 def make_engine(teacher: TeacherConfig) -> Any:
     """The teacher's vLLM engine, built from its config (labelling and synthesis share it)."""
@@ -44,6 +65,7 @@ def make_engine(teacher: TeacherConfig) -> Any:
         seed=teacher.seed,
         dtype=teacher.dtype,
         enforce_eager=teacher.enforce_eager,
+        **({"kv_cache_memory_bytes": int(teacher.kv_cache_gib * 2**30)} if teacher.kv_cache_gib else {}),
     )
 
 
@@ -116,8 +138,14 @@ class PromptRenderer:
             )
 
     def render(self, text: str) -> tuple[list[int], bool]:
-        """Prompt token ids for ``text``, and whether the text was truncated."""
-        text_ids = self.tokenizer.encode(text, add_special_tokens=False)
+        """Prompt token ids for ``text``, and whether the text was truncated.
+
+        The text is data: its delimiters are escaped (:func:`prompts.escape_text`) and a special
+        token's spelling in it (``<|im_end|>``, ``</s>``) is tokenised as plain text, never as the
+        control token, so no text can end its turn or open another role's.
+        """
+        text_ids = self.tokenizer.encode(prompts.escape_text(text), add_special_tokens=False,
+                                         split_special_tokens=True)
         truncated = len(text_ids) > self.text_budget
         return self.prefix_ids + text_ids[: self.text_budget] + self.suffix_ids, truncated
 
@@ -205,18 +233,113 @@ class ProgressSender:
             self.board.add.remote(rows, tokens)
 
 
-class TeacherLabeler:
-    """Ray Data actor: owns one vLLM engine and commits labelled files, several batches at a time."""
+def plan_run(marker: Optional[dict[str, Any]], rows: int, batch_attempts: int,
+             fanout: int = SPLIT_FANOUT) -> dict[str, Any]:
+    """The next run of a batch of ``rows`` rows, from the marker its unfinished runs left (None: first run).
 
-    def __init__(self, config: Config, data_fs: Any, data_path: str, progress: Any = None):
+    A batch's marker is saved when a run begins and deleted when it has committed, so a marker found
+    at the start means the runs it counts died: the actor's engine died (or its process or node did)
+    while the batch was in flight. The next run is, in order:
+
+    ``shared``: the first run, beside the actor's other batches.
+    ``alone``: whole, with no other batch in the actor (until ``batch_attempts`` runs have died), so a
+    death can only be this batch's doing.
+    ``split``: alone, in ``parts`` (``[start, end)`` row ranges) run and committed one by one; the part
+    that was in flight when the last run died is split ``fanout`` ways, and a row in flight alone
+    when the engine died is a culprit: it goes to failed/ and is not sent again.
+    """
+    if marker is None:
+        return {"runs": 1, "mode": "shared", "parts": None, "in_flight": None, "culprits": {}}
+    runs = marker["runs"] + 1
+    culprits = dict(marker.get("culprits", {}))
+    parts = marker.get("parts")
+    if parts is None:
+        if marker["runs"] < batch_attempts:
+            return {"runs": runs, "mode": "alone", "parts": None, "in_flight": None, "culprits": culprits}
+        parts = _split([0, rows], fanout)
+    else:
+        parts = [list(p) for p in parts]
+        in_flight = marker.get("in_flight")
+        if in_flight is not None and in_flight in parts:
+            parts.remove(in_flight)
+            start, end = in_flight
+            if end - start == 1:
+                culprits[str(start)] = (
+                    f"engine: it died while this row was in flight alone (run {runs - 1} of its batch)")
+            else:
+                parts = _split(in_flight, fanout) + parts
+    return {"runs": runs, "mode": "split", "parts": parts, "in_flight": None, "culprits": culprits}
+
+
+def _split(part: list[int], fanout: int) -> list[list[int]]:
+    start, end = part
+    size = end - start
+    if size <= fanout:
+        return [[i, i + 1] for i in range(start, end)]
+    step = -(-size // fanout)
+    return [[a, min(a + step, end)] for a in range(start, end, step)]
+
+
+class _Gate:
+    """Batches share the actor's engine; a batch running alone waits for the others and keeps new ones out."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._alone_waiting = 0
+        self._alone = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._alone and not self._alone_waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._alone_waiting += 1
+            self._cond.wait_for(lambda: not self._alone and self._shared == 0)
+            self._alone_waiting -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()
+
+
+class TeacherLabeler:
+    """Ray Data actor: owns one vLLM engine and commits labelled files, several batches at a time.
+
+    No row stops the job. A row the engine rejects is found by splitting its request group (after
+    ``teacher.request_retries`` retries) and goes to ``failed/`` with the error. An engine that dies
+    (or stalls for ``teacher.stall_timeout_s``) ends the actor's process: Ray starts the actor anew
+    and runs its batches again, first each alone, then in parts (:func:`plan_run`), so that a row
+    that kills engines is found and goes to ``failed/`` too.
+    """
+
+    def __init__(self, config: Config, data_fs: Any, data_path: str, progress: Any = None,
+                 failed_path: Optional[str] = None, attempts_path: Optional[str] = None,
+                 faults: Optional[dict[str, str]] = None):
         teacher = config.teacher
         self.config = config
         self.label_names = config.task.label_names
         self.prompt_hash = prompts.prompt_hash(config.task)
         self.data_fs, self.data_path = data_fs, data_path
+        self.failed_path, self.attempts_path = failed_path, attempts_path
+        self.faults = faults or {}
         self.llm = make_engine(teacher)
         self._engine: Optional[EngineLoop] = None  # started by the first batch (see `engine`)
         self._engine_lock = threading.Lock()
+        self._gate = _Gate()
         self.progress = ProgressSender(progress)
         self.renderer = PromptRenderer(
             self.llm.get_tokenizer(), config.task, teacher.max_model_len, teacher.max_tokens
@@ -234,7 +357,7 @@ class TeacherLabeler:
         """
         with self._engine_lock:
             if self._engine is None:
-                self._engine = EngineLoop(self.llm)
+                self._engine = EngineLoop(self.llm, stall_timeout=self.config.teacher.stall_timeout_s)
             return self._engine
 
     def _renderer_for(self, demos_json: str) -> tuple[PromptRenderer, int]:
@@ -247,25 +370,102 @@ class TeacherLabeler:
                 self.llm.get_tokenizer(), self.config.task, demos, teacher.max_model_len, teacher.max_tokens)
         return self._row_renderers[demos_json]
 
-    def _render(self, texts: list[str], demos: Optional[list[str]]) -> tuple[list[tuple[list[int], bool]], int]:
-        """Prompt token ids and truncation flags for ``texts``, and how many demos were left out."""
+    def _render(self, texts: list[str], demos: Optional[list[str]]) -> tuple[list[Any], int]:
+        """Per text: (prompt token ids, truncated) or the exception rendering it raised; and the demos left out."""
+        rendered: list[Any] = []
+        dropped = 0
         with self._render_lock:
-            if demos is None:
-                return [self.renderer.render(text) for text in texts], 0
-            rendered, dropped = [], 0
-            for text, demos_json in zip(texts, demos):  # each row with its own demos (FreeAL relabelling)
-                renderer, n = self._renderer_for(demos_json)
-                dropped += n
-                rendered.append(renderer.render(text))
-            return rendered, dropped
+            for i, text in enumerate(texts):
+                try:
+                    if demos is None:
+                        rendered.append(self.renderer.render(text))
+                    else:  # each row with its own demos (FreeAL relabelling)
+                        renderer, n = self._renderer_for(demos[i])
+                        dropped += n
+                        rendered.append(renderer.render(text))
+                except Exception as err:  # noqa: BLE001 - one row's problem, reported with the row
+                    rendered.append(err)
+        return rendered, dropped
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if batch.num_rows == 0:
+            return schemas.SHARD_SUMMARY.empty_table()
+        ids = batch.column("id").to_pylist()
+        name = shard_name(ids)
+        marker_path = None if self.attempts_path is None else storage.join(self.attempts_path, name + ".json")
+        marker = None
+        if marker_path is not None and storage.exists(self.data_fs, marker_path):
+            marker = storage.read_json(self.data_fs, marker_path)
+        plan = plan_run(marker, batch.num_rows, self.config.teacher.batch_attempts)
+        if plan["mode"] != "shared" and storage.exists(self.data_fs, storage.join(self.data_path, name)):
+            return self._committed_earlier(name, marker_path, batch.num_rows)
+        if marker_path is not None:
+            storage.write_json(self.data_fs, marker_path, plan)
+        if plan["mode"] == "shared":
+            with self._gate.shared():
+                summary = self._run_part(batch, name)
+        else:
+            with self._gate.alone():
+                if plan["mode"] == "alone":
+                    summary = self._run_part(batch, name)
+                else:
+                    print(f"[teacher] batch {name}: run {plan['runs']}, in {len(plan['parts'])} parts, alone",
+                          file=sys.stderr, flush=True)
+                    summary = self._run_split(batch, name, plan, marker_path)
+        if marker_path is not None:
+            storage.delete_file(self.data_fs, marker_path)
+        return pa.Table.from_pylist([summary], schema=schemas.SHARD_SUMMARY)
+
+    def _committed_earlier(self, name: str, marker_path: Optional[str], rows: int) -> pa.Table:
+        """The batch was committed by a run that died before it could delete its marker."""
+        if marker_path is not None:
+            storage.delete_file(self.data_fs, marker_path)
+        committed = storage.read_parquet(self.data_fs, storage.join(self.data_path, name), columns=["id"])
+        failed = 0
+        if self.failed_path is not None and storage.exists(self.data_fs, storage.join(self.failed_path, name)):
+            failed = storage.read_parquet(self.data_fs, storage.join(self.failed_path, name), columns=["id"]).num_rows
+        # Labelled in this job, by the run whose summary was lost with it (its token counts with it).
+        summary = {"shard": name, "rows": committed.num_rows, "failed": failed, "abstentions": 0,
+                   "prompt_tokens": 0, "completion_tokens": 0, "demos_dropped": 0, "seconds": 0.0}
+        print(f"[teacher] batch {name}: committed by an earlier run ({committed.num_rows} of {rows} rows)",
+              file=sys.stderr, flush=True)
+        return pa.Table.from_pylist([summary], schema=schemas.SHARD_SUMMARY)
+
+    def _run_split(self, batch: pa.Table, name: str, plan: dict[str, Any], marker_path: Optional[str]) -> dict:
+        """Run the plan's parts one by one, each committed as a file of its own; then the culprits' file."""
+        total = {"shard": name, "rows": 0, "failed": 0, "abstentions": 0, "prompt_tokens": 0,
+                 "completion_tokens": 0, "demos_dropped": 0, "seconds": 0.0}
+        culprits = {int(i): reason for i, reason in plan["culprits"].items()}
+        while plan["parts"]:
+            start, end = plan["parts"][0]
+            rows = [i for i in range(start, end) if i not in culprits]
+            plan["in_flight"] = [start, end]
+            if marker_path is not None:
+                storage.write_json(self.data_fs, marker_path, plan)
+            if rows:
+                part = batch.take(pa.array(rows))
+                summary = self._run_part(part, shard_name(part.column("id").to_pylist()))
+                for key in total:
+                    if key != "shard":
+                        total[key] += summary[key]
+            plan["parts"].pop(0)
+            plan["in_flight"] = None
+            if marker_path is not None:  # the part is done: a death from here on is not its doing
+                storage.write_json(self.data_fs, marker_path, plan)
+        if culprits:
+            positions = sorted(culprits)
+            failed = batch.take(pa.array(positions))
+            self._write_failed(shard_name(failed.column("id").to_pylist()), failed.column("id").to_pylist(),
+                               failed.column("text").to_pylist(), [culprits[i] for i in positions])
+            total["failed"] += len(positions)
+        return total
+
+    def _run_part(self, batch: pa.Table, name: str) -> dict[str, Any]:
+        """Label ``batch``; commit its labelled rows as ``name`` and the rows it could not label in failed/."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         teacher = self.config.teacher
-        if batch.num_rows == 0:
-            return schemas.SHARD_SUMMARY.empty_table()
         ids = batch.column("id").to_pylist()
         texts = batch.column("text").to_pylist()
         demos = batch.column("demos").to_pylist() if "demos" in batch.column_names else None
@@ -280,45 +480,134 @@ class TeacherLabeler:
         )
         # Rendered and handed to the engine teacher.batch_size texts at a time, so
         # the engine starts on a batch's first texts while the rest are tokenised.
-        rendered: list[tuple[list[int], bool]] = []
-        futures, demos_dropped = [], 0
+        rendered: list[Any] = []
+        requests: list[Any] = []
+        problems: dict[int, str] = {}
+        chunks, demos_dropped = [], 0
         for start in range(0, len(ids), teacher.batch_size):
             end = start + teacher.batch_size
             chunk, dropped = self._render(texts[start:end], None if demos is None else demos[start:end])
-            rendered += chunk
             demos_dropped += dropped
-            requests = [TokensPrompt(prompt_token_ids=token_ids) for token_ids, _ in chunk]
-            futures.append(self.engine.submit(requests, params, on_output=self.progress.add))
-        outputs = [out for future in futures for out in future.result()]
+            positions = []
+            for offset, item in enumerate(chunk):
+                position = start + offset
+                rendered.append(item)
+                if isinstance(item, Exception):
+                    problems[position] = f"prompt: {item!r}"[:2000]
+                    requests.append(None)
+                    continue
+                requests.append(TokensPrompt(prompt_token_ids=self._injected(texts[position], item[0])))
+                positions.append(position)
+            if positions:
+                chunks.append((positions, self._submit([requests[p] for p in positions], params, texts, positions)))
+        outputs: dict[int, Any] = {}
+        for positions, future in chunks:
+            self._settle(positions, future, requests, params, texts, outputs, problems, teacher.request_retries)
         self.progress.flush()
-        completions = [[sample.text for sample in out.outputs] for out in outputs]
-        labelled = label_rows(completions, self.label_names)
-        prompt_tokens = [len(out.prompt_token_ids) for out in outputs]
-        completion_tokens = [sum(len(s.token_ids) for s in out.outputs) for out in outputs]
-        columns = {
-            "id": ids,
-            "text": texts,
-            **{key: [row[key] for row in labelled] for key in labelled[0]},
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "truncated": [flag for _, flag in rendered],
-            "teacher_model": [teacher.model] * len(ids),
-            "prompt_hash": [self.prompt_hash] * len(ids),
+
+        done = sorted(outputs)
+        labelled = label_rows([[sample.text for sample in outputs[p].outputs] for p in done], self.label_names)
+        prompt_tokens = [len(outputs[p].prompt_token_ids) for p in done]
+        completion_tokens = [sum(len(s.token_ids) for s in outputs[p].outputs) for p in done]
+        if problems:
+            failed = sorted(problems)
+            self._write_failed(name, [ids[p] for p in failed], [texts[p] for p in failed],
+                               [problems[p] for p in failed])
+        elif self.failed_path is not None:  # a file an earlier run of this batch left, now labelled
+            storage.delete_file(self.data_fs, storage.join(self.failed_path, name))
+        if done:
+            columns = {
+                "id": [ids[p] for p in done],
+                "text": [texts[p] for p in done],
+                **{key: [row[key] for row in labelled] for key in labelled[0]},
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "truncated": [rendered[p][1] for p in done],
+                "teacher_model": [teacher.model] * len(done),
+                "prompt_hash": [self.prompt_hash] * len(done),
+            }
+            table = pa.Table.from_pydict(columns, schema=schemas.LABELLED)
+            storage.write_parquet_atomic(self.data_fs, storage.join(self.data_path, name), table)
+        return {
+            "shard": name,
+            "rows": len(done),
+            "failed": len(problems),
+            "abstentions": sum(1 for row in labelled if row["hard_label"] is None),
+            "prompt_tokens": sum(prompt_tokens),
+            "completion_tokens": sum(completion_tokens),
+            "demos_dropped": demos_dropped,
+            # The engine's busy time since this actor's last summary: summed over
+            # all summaries it is each engine's working time, start-up excluded.
+            "seconds": self.engine.take_busy_seconds(),
         }
-        table = pa.Table.from_pydict(columns, schema=schemas.LABELLED)
-        name = shard_name(ids)
-        storage.write_parquet_atomic(self.data_fs, storage.join(self.data_path, name), table)
-        return pa.Table.from_pydict(
-            {
-                "shard": [name],
-                "rows": [len(ids)],
-                "abstentions": [sum(1 for row in labelled if row["hard_label"] is None)],
-                "prompt_tokens": [sum(prompt_tokens)],
-                "completion_tokens": [sum(completion_tokens)],
-                "demos_dropped": [demos_dropped],
-                # The engine's busy time since this actor's last summary: summed over
-                # all summaries it is each engine's working time, start-up excluded.
-                "seconds": [self.engine.take_busy_seconds()],
-            },
-            schema=schemas.SHARD_SUMMARY,
-        )
+
+    def _submit(self, requests: list[Any], params: Any, texts: list[str], positions: list[int]) -> Any:
+        try:
+            future = self.engine.submit(requests, params, on_output=self.progress.add)
+        except EngineStopped as err:  # it died while another batch had it
+            self._engine_died(err)
+        marker = self.faults.get("engine_death")
+        if marker and any(marker in texts[p] for p in positions):
+            self._kill_engine()
+        return future
+
+    def _settle(self, positions: list[int], future: Any, requests: list[Any], params: Any, texts: list[str],
+                outputs: dict[int, Any], problems: dict[int, str], retries: int) -> None:
+        """Wait for a group's outputs; a group the engine rejects is retried, then split to find its bad rows."""
+        try:
+            results = future.result()
+        except EngineStopped as err:
+            self._engine_died(err)
+        except Exception as err:  # noqa: BLE001 - a rejected request group
+            if retries > 0:
+                retry = self._submit([requests[p] for p in positions], params, texts, positions)
+                self._settle(positions, retry, requests, params, texts, outputs, problems, retries - 1)
+            elif len(positions) == 1:
+                problems[positions[0]] = f"engine: {err!r}"[:2000]
+            else:
+                halves = [positions[: len(positions) // 2], positions[len(positions) // 2:]]
+                futures = [self._submit([requests[p] for p in half], params, texts, half) for half in halves]
+                for half, half_future in zip(halves, futures):
+                    self._settle(half, half_future, requests, params, texts, outputs, problems, 0)
+            return
+        outputs.update(zip(positions, results))
+
+    def _write_failed(self, name: str, ids: list[str], texts: list[str], reasons: list[str]) -> None:
+        print(f"[teacher] {len(ids)} row(s) could not be labelled (first: id {ids[0]!r}: {reasons[0][:300]})",
+              file=sys.stderr, flush=True)
+        if self.failed_path is None:
+            return
+        table = pa.Table.from_pydict({"id": ids, "text": texts, "reason": reasons}, schema=schemas.FAILED)
+        storage.write_parquet_atomic(self.data_fs, storage.join(self.failed_path, name), table)
+
+    def _engine_died(self, err: BaseException) -> None:
+        """End this process: Ray starts the actor anew and runs its batches again (see :func:`plan_run`).
+
+        A dead engine cannot be trusted to free its GPU memory or to start again in this process
+        (a CUDA error poisons the context), so the whole actor goes.
+        """
+        print(f"[teacher] the engine died ({err!r}); this actor exits so that Ray starts it anew",
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(ENGINE_DIED_EXIT_CODE)
+
+    def _injected(self, text: str, token_ids: list[int]) -> list[int]:
+        marker = self.faults.get("engine_error")
+        if marker and marker in text:
+            return token_ids + token_ids[-1:] * (self.config.teacher.max_model_len + 1)  # past the context
+        return token_ids
+
+    def _kill_engine(self) -> None:
+        once = self.faults.get("engine_death_once")
+        if once:
+            if os.path.exists(once):
+                return
+            open(once, "w").close()
+        import psutil
+
+        children = psutil.Process().children(recursive=True)
+        if children and not self.config.teacher.engine_in_actor:
+            for child in children:  # vLLM's engine core process
+                child.kill()
+        else:
+            self.engine.stop(RuntimeError("injected fault: the engine died"))

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The whole test suite, in two pytest processes side by side: the rounds end-to-end tests
-# (tests/test_rounds.py, which mostly wait on Ray jobs submitted to their own Ray head) and
-# everything else. The same tests as `.venv/bin/python -m pytest tests`, in about two thirds of
-# the time on 2 cores. Extra arguments go to both pytest runs. Fails if either run fails.
+# The whole test suite, in two pytest processes side by side, each with about half of the slow
+# tests (Ray jobs, Ray Train runs, vLLM engines): tests/test_rounds.py and tests/test_distill.py in
+# one, everything else (FreeAL's rounds run among it) in the other. The same tests as
+# `.venv/bin/python -m pytest tests`, in about two thirds of the time on 2 cores. Extra arguments
+# go to both pytest runs. Fails if either run fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
+FIRST=(tests/test_rounds.py tests/test_distill.py)
 # The ten slowest tests of each run are listed at the end: where CI's time goes.
-"$PY" -m pytest tests/test_rounds.py --durations=10 "$@" > >(sed -u 's/^/[test_rounds] /') 2>&1 &
-rounds=$!
-"$PY" -m pytest tests --ignore=tests/test_rounds.py --durations=10 "$@"
+"$PY" -m pytest "${FIRST[@]}" --durations=10 "$@" > >(sed -u 's/^/[rounds+distill] /') 2>&1 &
+first=$!
+"$PY" -m pytest tests "${FIRST[@]/#/--ignore=}" --durations=10 "$@"
 rest=$?
-wait "$rounds"
-rounds_status=$?
-echo "pytest: tests/test_rounds.py exit $rounds_status, the other tests exit $rest"
-[ "$rest" -eq 0 ] && [ "$rounds_status" -eq 0 ]
+wait "$first"
+first_status=$?
+echo "pytest: ${FIRST[*]} exit $first_status, the other tests exit $rest"
+[ "$rest" -eq 0 ] && [ "$first_status" -eq 0 ]

@@ -14,6 +14,9 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray Train's preemption watcher (an actor per training run that polls for draining spot nodes) has no
+# node to watch on one machine; without it each of the tests' Ray Train runs starts one process less.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 from pipeline.config import Config, config_from_dict  # noqa: E402
 from pipeline.smoke import build_tiny_teacher  # noqa: E402
@@ -59,6 +62,7 @@ def make_config(tiny_teacher):
                 "num_actors": 1,
                 "gpus_per_actor": 0,
                 "gpu_memory_utilization": 0.2,
+                "kv_cache_gib": 0.5,  # 1.2 GB of RAM per engine, not 4.8: two test processes run engines at once
                 "max_model_len": 1024,
                 "dtype": "float32",
                 "enforce_eager": True,  # engines start in half the time

@@ -74,6 +74,13 @@ def test_setup_syncs_the_repo_and_installs_the_gpu_extra():
     assert prepared["head_start_ray_commands"] and prepared["worker_start_ray_commands"]
 
 
+def test_the_jobs_api_listens_on_the_head_s_loopback_only():
+    head = " ".join(yaml.safe_load(CLUSTER.read_text())["head_start_ray_commands"])
+    assert re.search(r"ray start --head\b", head)
+    hosts = re.findall(r"--dashboard-host[= ](\S+)", head)
+    assert hosts == ["127.0.0.1"], hosts  # 0.0.0.0 would let the VPC submit jobs with the node's S3 rights
+
+
 def test_no_aws_credentials_in_cluster_yaml():
     text = CLUSTER.read_text()
     lowered = text.lower()

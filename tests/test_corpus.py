@@ -106,3 +106,58 @@ def test_per_row_demos_are_checked(tmp_path):
     pq.write_table(pa.table({"id": ["1"], "text": ["x"]}), pq_file)
     with pytest.raises(InputError, match=r"data.demos_column: column 'demos' not found in .*p\.parquet"):
         open_corpus(data(pq_file, demos_column="demos"), StorageConfig())
+
+
+def _rows(fn, data: bytes) -> list[dict]:
+    files = pa.table({"bytes": [data], "path": ["corpus/f"]})
+    return [row for table in fn(files, "id", "text") for row in table.to_pylist()]
+
+
+def test_jsonl_rows_quarantine_what_cannot_be_stored_or_labelled():
+    from pipeline.corpus import MAX_TEXT_CHARS, jsonl_file_rows
+
+    lines = [
+        json.dumps({"id": "ok", "text": "a line\u2028with a line separator"}, ensure_ascii=False).encode(),
+        b'{"id": "surrogate", "text": "broken \\ud800 escape"}',
+        '{"id": "latin1", "text": "caf\u00e9"}'.encode("latin-1"),
+        json.dumps({"id": "nul", "text": "a\u0000b"}).encode(),
+        json.dumps({"id": "huge", "text": "x" * (MAX_TEXT_CHARS + 1)}).encode(),
+        b"   ",  # blank lines are skipped, as Ray's text reader does
+        json.dumps({"id": "crlf", "text": "windows line"}).encode() + b"\r",
+    ]
+    rows = _rows(jsonl_file_rows, b"\n".join(lines) + b"\n")
+    assert [row["id"] for row in rows] == ["ok", "surrogate", None, "nul", "huge", "crlf"]
+    problems = {row["id"] or "latin1": row["problem"] for row in rows}
+    assert problems == {
+        "ok": None, "crlf": None,
+        "surrogate": "text is not valid Unicode (a lone surrogate)",
+        "latin1": "line is not valid UTF-8 (byte 0xe9 at offset 29)",
+        "nul": "text holds a NUL character",
+        "huge": f"text longer than {MAX_TEXT_CHARS} characters ({MAX_TEXT_CHARS + 1})",
+    }
+    assert rows[0]["text"] == "a line\u2028with a line separator"  # one row: not split at U+2028
+    assert rows[1]["text"] == "broken \\ud800 escape"  # stored with the surrogate escaped
+    assert len(rows[4]["text"]) == 1000 and all(row["source"] == "corpus/f" for row in rows)
+    pa.Table.from_pylist(rows)  # every value can be stored
+
+
+def test_csv_rows_quarantine_ragged_lines_and_bad_bytes_and_keep_quoted_newlines():
+    from pipeline.corpus import csv_file_rows
+
+    data = (b'id,text\n'
+            b'1,plain\n'
+            b'2,"quoted, with a comma\nand a newline"\n'
+            b'3,one,too many\n'
+            b'4,caf\xe9\n'
+            b'5,\n'
+            b'6\n')
+    rows = _rows(csv_file_rows, data)
+    by_text = {row["text"]: row for row in rows}
+    assert by_text["plain"]["problem"] is None and by_text["plain"]["id"] == "1"
+    assert by_text["quoted, with a comma\nand a newline"]["problem"] is None
+    assert by_text["caf\ufffd"]["problem"] == "text is not valid UTF-8 (byte 0xe9 at offset 3)"
+    assert next(row for row in rows if row["id"] == "5")["problem"] == "empty text"
+    ragged = sorted((row["text"], row["problem"]) for row in rows if row["id"] is None)
+    assert ragged == [("3,one,too many", "CSV line has 3 fields, expected 2"),  # no line numbers: quoted newlines
+                      ("6", "CSV line has 1 fields, expected 2")]
+    assert len(rows) == 6  # every row accounted for

@@ -19,6 +19,7 @@ def engine(tmp_path_factory, tiny_teacher):
     config = config_from_dict({
         "task": task_dict(),
         "teacher": {"model": str(tiny_teacher), "gpus_per_actor": 0, "gpu_memory_utilization": 0.2,
+                    "kv_cache_gib": 0.5,
                     "max_model_len": 256, "dtype": "float32", "enforce_eager": True, "engine_in_actor": True},
         "data": {"input": "unused", "output": "unused"},
     })

@@ -21,11 +21,12 @@ import pytest
 import yaml
 
 from pipeline import storage
-from pipeline.config import ConfigError, Demo, DistillConfig, config_from_dict, RoundsConfig, StorageConfig, StudentConfig, to_dict
+from pipeline.config import (
+    ConfigError, DistillConfig, RoundsConfig, StorageConfig, StudentConfig, config_from_dict, to_dict,
+)
 from pipeline.evaluate import GoldSetError
-from pipeline.prompts import prompt_hash
-from pipeline.rounds import EXIT_AFTER_ENV, job_client, metrics_png, run_rounds, summary_table
-from tests.conftest import LABELS, _free_port
+from pipeline.rounds import EXIT_AFTER_ENV, StepFailed, job_client, metrics_png, run_rounds, summary_table
+from tests.conftest import LABELS, _free_port, task_dict
 from tests.test_distill import labelled_rows, tiny_student, write_gold, write_labelled  # noqa: F401
 
 VENV_BIN = Path(sys.executable).parent
@@ -70,12 +71,13 @@ def rounds_config(tmp_path, make_config, tiny_student, s3_endpoint, s3_bucket, r
 
 
 @pytest.fixture
-def local_rounds_config(tmp_path, make_config, tiny_student, ray_head):  # noqa: F811
-    """The same on local disk, which the jobs of this machine's Ray head share: the strategy tests spend
-    their time on the strategies, not on moto (S3 is the extrapolation and failing-step tests' storage)."""
+def local_rounds_config(tmp_path, make_config, tiny_student):  # noqa: F811
+    """The same on local disk, every step in the orchestrator's own process (``rounds.address: local``):
+    the strategy tests spend their time on the strategies, not on job processes and moto (the Jobs API
+    and S3 are the extrapolation and failing-step tests')."""
     root = tmp_path / "store"
     root.mkdir()
-    return _rounds_setup(tmp_path, make_config, tiny_student, ray_head, pafs.LocalFileSystem(), str(root), "", {})
+    return _rounds_setup(tmp_path, make_config, tiny_student, "local", pafs.LocalFileSystem(), str(root), "", {})
 
 
 def _rounds_setup(tmp_path, make_config, student, head, fs, root: str, scheme: str, storage_settings: dict):
@@ -190,16 +192,19 @@ def test_a_round_survives_kills_after_synthesis_and_while_a_job_runs(rounds_conf
 
 
 @pytest.mark.slow
-def test_a_promptmix_round_relabels_with_the_labelling_job_and_trains_both_ways(local_rounds_config):
+def test_a_promptmix_round_relabels_with_the_labelling_job_and_trains_on_its_labels(local_rounds_config, ray_cluster):
+    """Every step run in this process on the session's Ray cluster."""
     rounds_config = local_rounds_config
     fs, bucket = rounds_config.fs, rounds_config.bucket
+    # Without the comparison arm (a student on the intended labels): one Ray Train job less, a minute of CI.
+    # That arm is the same training job on other data; test_round_steps checks which data it gets.
     config = rounds_config(output=rounds_config.uri("promptmix"), strategy="promptmix", rounds=1, mix_per_class=4,
-                           mix_per_request=2)
+                           mix_per_request=2, compare_without_relabelling=False)
     lines: list[str] = []
     state = run_rounds(config, log=lines.append)
 
     assert state["status"] == "finished" and state["stop_reason"] == "ran all 1 rounds", state.get("stop_reason")
-    assert set(state["steps"]) == {"0/train", "1/mix", "1/filter", "1/relabel", "1/train-intended", "1/train"}
+    assert set(state["steps"]) == {"0/train", "1/mix", "1/filter", "1/relabel", "1/train"}
     assert all(step["status"] == "succeeded" for step in state["steps"].values())
     root = f"{bucket}/promptmix/rounds/1"
     mix = storage.read_json(fs, f"{root}/extra/synthesis.json")
@@ -226,15 +231,13 @@ def test_a_promptmix_round_relabels_with_the_labelling_job_and_trains_both_ways(
     assert stats["relabelled"] == changed
     assert any(f"relabel: {stats['relabelled']} of {kept} examples got another label" in line for line in lines)
 
-    # Both students train on round 0's rows plus this round's examples, with different labels.
+    # The student trains on round 0's rows plus this round's examples, with the labelling job's labels.
     base_rows = 120
     with_relabel = storage.read_json(fs, f"{root}/student/report.json")
-    without = storage.read_json(fs, f"{root}/student-intended/report.json")
     assert with_relabel["rows"]["labelled"] == base_rows + relabelled.num_rows
-    assert without["rows"]["labelled"] == base_rows + intended.num_rows
+    assert not storage.exists(fs, f"{root}/student-intended/report.json")
     info = state["rounds"]["1"]
-    assert info["relabel"] == stats
-    assert info["without_relabelling"]["evaluation"] == without["evaluation"]
+    assert info["relabel"] == stats and "without_relabelling" not in info
     assert info["evaluation"] == with_relabel["evaluation"]
     summary = fs.open_input_stream(f"{bucket}/promptmix/summary.md").read().decode()
     assert "PromptMix relabelling" in summary
@@ -242,76 +245,8 @@ def test_a_promptmix_round_relabels_with_the_labelling_job_and_trains_both_ways(
 
 
 @pytest.mark.slow
-def test_a_freeal_round_labels_selects_relabels_and_merges(local_rounds_config, tmp_path):
-    rounds_config = local_rounds_config
-    fs, bucket = rounds_config.fs, rounds_config.bucket
-    texts = [row["text"] for row in labelled_rows(60)]
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"id": f"c{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
-    gold = tmp_path / "gold.jsonl"
-    gold.write_text("".join(json.dumps({"text": t, "label": LABELS[i % 3]}) + "\n" for i, t in enumerate(texts)))
-    config = rounds_config(output=rounds_config.uri("freeal"), strategy="freeal", rounds=1, freeal_split="fraction",
-                           freeal_neighbours=2, freeal_demos_per_class=2, freeal_pseudo_confidence=0.34,
-                           freeal_gold=rounds_config.upload(gold, "freeal-gold/gold.jsonl"))
-    config = dataclasses.replace(config, data=dataclasses.replace(
-        config.data, input=rounds_config.upload(corpus, "freeal-corpus/corpus.jsonl"), output="unused"))
-    # Stopped right after round 1's merge: round 1's student steps are round 0's again (CI time).
-    stopped = _run_cli(config, tmp_path, {EXIT_AFTER_ENV: "1/merge"})
-    assert stopped.returncode == 75, stopped.stdout[-3000:] + stopped.stderr[-3000:]
-    state = storage.read_json(fs, f"{bucket}/freeal/manifest.json")
-    assert set(state["steps"]) == {"0/demos", "0/label", "0/warmup", "0/select", "0/train", "1/relabel", "1/merge"}
-    assert all(step["status"] == "succeeded" for step in state["steps"].values())
-    root = f"{bucket}/freeal/rounds"
-    demos = storage.read_json(fs, f"{root}/0/demos.json")
-    assert all(d["label"] in LABELS for d in demos["demos"])
-    assert sum(demos["per_label"].values()) == len(demos["demos"]) <= 3 * 2
-    # Round 0: the labelling job labelled the whole corpus with the teacher's own demos.
-    labels0 = storage.read_parquet(fs, f"{root}/0/labels/data")
-    assert sorted(labels0.column("id").to_pylist()) == sorted(f"c{i}" for i in range(60))
-    manifest0 = storage.read_json(fs, f"{root}/0/labels/manifest.json")
-    assert manifest0["prompt_hash"] == prompt_hash(dataclasses.replace(
-        config.task, demos=[Demo(d["text"], d["label"]) for d in demos["demos"]]))
-
-    r = 0  # round 0's selection and student
-    selection = storage.read_json(fs, f"{root}/{r}/selection/report.json")
-    labelled = selection["labelled_rows"]
-    assert labelled + selection["abstained_rows"] == 60
-    assert selection["clean"] + selection["noisy"] == labelled
-    # fraction 0.5: ceil(n / 2) clean rows per class
-    assert all(c["clean"] == -(-(c["clean"] + c["noisy"]) // 2) for c in selection["per_class"].values())
-    assert selection["to_relabel"] == selection["noisy"] + selection["abstained_rows"]
-    assert selection["student_rows"] == selection["clean"] + selection["pseudo_labelled"]
-    student_data = storage.read_parquet(fs, f"{root}/{r}/selection/student_data/data")
-    assert student_data.num_rows == selection["student_rows"]
-    assert len(set(student_data.column("id").to_pylist())) == student_data.num_rows
-    relabel = storage.read_parquet(fs, f"{root}/{r}/selection/relabel_input").to_pylist()
-    assert len(relabel) == selection["to_relabel"]
-    assert all(len(json.loads(row["demos"])) <= 2 for row in relabel)
-    assert selection["teacher_accuracy"]["matched_rows"] == labelled
-    student = storage.read_json(fs, f"{root}/{r}/student/report.json")
-    assert student["rows"]["labelled"] == selection["student_rows"]
-    info = state["rounds"][str(r)]["freeal"]
-    assert info["clean"] == selection["clean"] and "test" in info["warmup_evaluation"]
-
-    # Round 1: the noisy rows of round 0 were relabelled (each with its own demos) and merged in.
-    relabelled = storage.read_parquet(fs, f"{root}/1/relabelled/data")
-    noisy0 = storage.read_parquet(fs, f"{root}/0/selection/relabel_input")
-    assert sorted(relabelled.column("id").to_pylist()) == sorted(noisy0.column("id").to_pylist())
-    merge = storage.read_json(fs, f"{root}/1/merge.json")
-    labels1 = storage.read_parquet(fs, f"{root}/1/labels/data")
-    assert merge["rows"] == labels1.num_rows == 60
-    before = dict(zip(labels0.column("id").to_pylist(), labels0.column("hard_label").to_pylist()))
-    after = dict(zip(labels1.column("id").to_pylist(), labels1.column("hard_label").to_pylist()))
-    assert merge["labels_changed"] == sum(before[i] != after[i] for i in before)
-    assert all(before[i] == after[i] for i in before if i not in set(noisy0.column("id").to_pylist()))
-    relabel_report = storage.read_json(fs, f"{root}/1/relabelled/report.json")
-    assert relabel_report["per_row_demos"]["column"] == "demos"
-    assert f"relabelling changed {merge['labels_changed']} of 60 labels" in stopped.stdout
-
-
-@pytest.mark.slow
 def test_a_failing_step_is_reported_with_its_log_and_the_manifest_stays_readable(rounds_config, tmp_path):
-    config = rounds_config()
+    config = rounds_config(step_retries=0)  # submitting it again is checked without jobs, below
     broken = dataclasses.replace(config, student=dataclasses.replace(config.student, model=str(tmp_path / "none")))
     with pytest.raises(Exception) as failure:
         run_rounds(broken, log=lambda _: None)
@@ -375,3 +310,122 @@ def test_summary_tables_show_each_strategy_s_extra_columns():
     assert "| 1 | 5 | 2 | 2 | 1 | 0 | 0.2500 | 0.2500 |" in table  # PromptMix relabelling
     assert "| 0 | 0 | 6 | 4 | 1 | 4 | 0.7000 | 0.9000 | 0.2500 | 0.2500 |" in table  # FreeAL
     assert metrics_png(state, "accuracy").startswith(b"\x89PNG")
+
+
+class FlakyJobs:
+    """A Jobs API whose answers are scripted: each job's statuses in turn, errors where asked.
+
+    Only for the orchestrator's decisions about the API's answers; the real API runs in the tests above.
+    """
+
+    def __init__(self, script: dict[str, list]):
+        self.script, self.submitted, self.stopped = script, [], []
+
+    def submit_job(self, *, submission_id, **_):
+        self.submitted.append(submission_id)
+
+    def get_job_status(self, submission_id):
+        answers = self.script[submission_id[-2:]]  # by attempt: "a0", "a1", ...
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return type("Status", (), {"value": answer})()
+
+    def stop_job(self, submission_id):
+        self.stopped.append(submission_id)
+
+    def get_job_logs(self, submission_id):
+        return f"log of {submission_id}\n"
+
+    async def tail_job_logs(self, submission_id):
+        yield f"[distill] progress of {submission_id}\nlast line"
+
+
+def _runner(tmp_path, client, **rounds):
+    from pipeline.round_steps import RoundsLayout
+    from pipeline.rounds import Manifest, _Runner
+
+    config = config_from_dict({
+        "task": task_dict(),
+        "teacher": {"model": "m"}, "data": {"input": "in", "output": "out"},
+        "student": {"model": "s"}, "distill": {"output": "d", "validation": "v"},
+        "rounds": {"output": str(tmp_path / "rounds"), "poll_seconds": 0.01, **rounds},
+    })
+    layout = RoundsLayout.of(config)
+    lines: list[str] = []
+    return _Runner(config, layout, Manifest.open(layout, config), client, lines.append), lines
+
+
+def test_jobs_api_errors_are_waited_out_and_only_a_missing_job_counts_as_lost(tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "sleep", lambda _: None)
+    unavailable = RuntimeError("Request failed with status code 503: dashboard restarting.")
+    refused = ConnectionError("Connection refused")
+    client = FlakyJobs({"a0": [unavailable, refused, "RUNNING", unavailable, "SUCCEEDED"]})
+    runner, lines = _runner(tmp_path, client)
+    runner._step(0, "train", "python ray_jobs/distill.py")
+    assert len(client.submitted) == 1 and runner.manifest.step(0, "train")["status"] == "succeeded"
+    assert sum("the Jobs API failed" in line for line in lines) == 3
+    assert any("| [distill] progress of" in line for line in lines)  # the followed log's progress lines
+
+    # An orchestrator started again finds its job missing (the cluster was replaced): the next attempt.
+    runner.manifest.set_step(0, "label", {"status": "submitted", "submission_id": "x-r0-label-a0", "attempt": 0,
+                                         "entrypoint": "python ray_jobs/label.py", "submitted_at": time.time()})
+    client.script.update({"a0": [RuntimeError("Request failed with status code 404: Job x does not exist.")],
+                          "a1": ["SUCCEEDED"]})
+    runner._step(0, "label", "python ray_jobs/label.py")
+    assert client.submitted[-1].endswith("-r0-label-a1") and runner.manifest.step(0, "label")["attempt"] == 1
+
+
+def test_a_failed_step_is_submitted_again_then_fails_the_run_with_its_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "sleep", lambda _: None)
+    client = FlakyJobs({"a0": ["FAILED"], "a1": ["FAILED"], "a2": ["SUCCEEDED"]})
+    runner, lines = _runner(tmp_path, client, step_retries=2)
+    runner._step(0, "train", "python ray_jobs/distill.py")
+    assert [s[-2:] for s in client.submitted] == ["a0", "a1", "a2"]
+    assert runner.manifest.step(0, "train")["status"] == "succeeded"
+
+    client = FlakyJobs({"a0": ["FAILED"], "a1": ["FAILED"]})
+    runner, lines = _runner(tmp_path / "again", client, step_retries=1)
+    with pytest.raises(StepFailed, match=r"(?s)ended FAILED \(attempt 2 of 2\).*last line"):
+        runner._step(0, "train", "python ray_jobs/distill.py")
+    assert len(client.submitted) == 2 and runner.manifest.step(0, "train")["status"] == "failed"
+
+    # A job still running when its step must be submitted again is stopped first.
+    client = FlakyJobs({"a0": ["RUNNING", "STOPPED"], "a1": ["SUCCEEDED"]})
+    runner, _ = _runner(tmp_path / "third", client)
+    runner.manifest.set_step(0, "train", {"status": "failed", "submission_id": "x-r0-train-a0", "attempt": 0,
+                                         "entrypoint": "e", "submitted_at": time.time()})
+    runner._step(0, "train", "e")
+    assert client.stopped == ["x-r0-train-a0"] and client.submitted[-1].endswith("a1")
+
+
+def test_overrides_for_the_jobs_keep_odd_paths_whole():
+    from pipeline.config import apply_override
+    from pipeline.rounds import _override, _relabel_overrides
+
+    odd = "s3://bucket/run: 1 #2/[x], 'y' \"z\""
+    raw: dict = {}
+    for override in [*_relabel_overrides(odd + "/in", odd + "/out"), _override("distill.extra_labels", [odd, "b"])]:
+        apply_override(raw, override)
+    assert raw["data"] == {"input": odd + "/in", "format": "parquet", "id_column": "id", "text_column": "text",
+                           "output": odd + "/out"}
+    assert raw["distill"]["extra_labels"] == [odd, "b"]
+
+
+def test_local_jobs_run_a_step_in_this_process_and_answer_as_the_jobs_api_would(tmp_path):
+    from pipeline.local_jobs import LocalJobs
+
+    jobs = LocalJobs()
+    missing = tmp_path / "missing.yaml"
+    jobs.submit_job(entrypoint=f"python ray_jobs/distill.py {missing} --set distill.epochs=1", submission_id="j-a0",
+                    runtime_env={"env_vars": {"RAYDISTILL_TEST_VAR": "1"}}, metadata={"step": "train"})
+    assert jobs.get_job_status("j-a0").value == "FAILED"
+    assert str(missing) in jobs.get_job_logs("j-a0")  # the command's own error, as a job's log holds it
+    assert "RAYDISTILL_TEST_VAR" not in os.environ  # the step's environment is the step's only
+    assert [(j.submission_id, j.metadata) for j in jobs.list_jobs()] == [("j-a0", {"step": "train"})]
+    with pytest.raises(RuntimeError, match="already exists"):
+        jobs.submit_job(entrypoint="python ray_jobs/distill.py x", submission_id="j-a0")
+    with pytest.raises(RuntimeError, match="status code 404"):  # what a restarted orchestrator meets
+        LocalJobs().get_job_status("j-a0")
+    with pytest.raises(ValueError, match="ray_jobs/"):
+        jobs.submit_job(entrypoint="bash -c 'rm -rf /'", submission_id="j-b0")

@@ -42,3 +42,44 @@ def test_s3_round_trip(s3_endpoint, s3_bucket):
     assert not storage.exists(fs, storage.join(root, "data", "part-1.parquet"))
     with pytest.raises(FileNotFoundError):
         storage.read_parquet(fs, storage.join(root, "data"))
+
+
+def test_an_output_held_by_a_live_job_is_refused_and_a_dead_holder_s_lease_is_taken_over(tmp_path):
+    import json
+    import subprocess
+    import sys
+    import time
+
+    fs, root = pafs.LocalFileSystem(), str(tmp_path / "out")
+    first = storage.OutputLease(fs, root, "out/", "data.output", "labelling job", settle_s=0)
+    with first:
+        holder = json.loads((tmp_path / "out" / "lease.json").read_text())
+        with pytest.raises(storage.LeaseHeld, match=r"data.output: out/ is in use by a running labelling job \(host "):
+            storage.OutputLease(fs, root, "out/", "data.output", "labelling job", settle_s=0).acquire()
+    assert not (tmp_path / "out" / "lease.json").exists()  # released
+
+    # A holder that died on this machine (its pid gone) without releasing: taken over at once.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "out" / "lease.json").write_text(json.dumps({**holder, "pid": dead.pid, "renewed": time.time()}))
+    with storage.OutputLease(fs, root, "out/", "data.output", "labelling job", settle_s=0):
+        pass
+    # A holder elsewhere that stopped renewing: taken over after the time to live.
+    stale = {**holder, "host": "another-node", "renewed": time.time() - 200}
+    (tmp_path / "out" / "lease.json").write_text(json.dumps(stale))
+    with storage.OutputLease(fs, root, "out/", "data.output", "labelling job", ttl_s=180, settle_s=0):
+        pass
+    (tmp_path / "out" / "lease.json").write_text(json.dumps({**stale, "renewed": time.time() - 10}))
+    with pytest.raises(storage.LeaseHeld, match="host another-node, pid .* renewed 10s ago"):
+        storage.OutputLease(fs, root, "out/", "data.output", "labelling job", settle_s=0).acquire()
+
+
+def test_a_lease_is_renewed_while_its_job_runs(tmp_path):
+    import json
+    import time
+
+    fs, root = pafs.LocalFileSystem(), str(tmp_path)
+    with storage.OutputLease(fs, root, "x", "k", "job", renew_s=0.05, settle_s=0):
+        first = json.loads((tmp_path / "lease.json").read_text())["renewed"]
+        time.sleep(0.3)
+        assert json.loads((tmp_path / "lease.json").read_text())["renewed"] > first
