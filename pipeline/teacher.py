@@ -403,11 +403,11 @@ class TeacherLabeler:
             storage.write_json(self.data_fs, marker_path, plan)
         if plan["mode"] == "shared":
             with self._gate.shared():
-                summary = self._run_part(batch, name)
+                summary = self._run_part(batch, name, rerun=False)
         else:
             with self._gate.alone():
                 if plan["mode"] == "alone":
-                    summary = self._run_part(batch, name)
+                    summary = self._run_part(batch, name, rerun=True)
                 else:
                     print(f"[teacher] batch {name}: run {plan['runs']}, in {len(plan['parts'])} parts, alone",
                           file=sys.stderr, flush=True)
@@ -444,7 +444,7 @@ class TeacherLabeler:
                 storage.write_json(self.data_fs, marker_path, plan)
             if rows:
                 part = batch.take(pa.array(rows))
-                summary = self._run_part(part, shard_name(part.column("id").to_pylist()))
+                summary = self._run_part(part, shard_name(part.column("id").to_pylist()), rerun=True)
                 for key in total:
                     if key != "shard":
                         total[key] += summary[key]
@@ -460,8 +460,12 @@ class TeacherLabeler:
             total["failed"] += len(positions)
         return total
 
-    def _run_part(self, batch: pa.Table, name: str) -> dict[str, Any]:
-        """Label ``batch``; commit its labelled rows as ``name`` and the rows it could not label in failed/."""
+    def _run_part(self, batch: pa.Table, name: str, rerun: bool) -> dict[str, Any]:
+        """Label ``batch``; commit its labelled rows as ``name`` and the rows it could not label in failed/.
+
+        ``rerun``: an earlier run of this batch may have left a failed/ file under ``name``, which a
+        clean run must remove (a first run has none to look for: one storage call less per batch).
+        """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -513,7 +517,7 @@ class TeacherLabeler:
             failed = sorted(problems)
             self._write_failed(name, [ids[p] for p in failed], [texts[p] for p in failed],
                                [problems[p] for p in failed])
-        elif self.failed_path is not None:  # a file an earlier run of this batch left, now labelled
+        elif rerun and self.failed_path is not None:  # a file an earlier run of this batch left, now labelled
             storage.delete_file(self.data_fs, storage.join(self.failed_path, name))
         if done:
             columns = {
