@@ -1,4 +1,4 @@
-"""The fault matrix: the labelling job under faults, counting rows lost and duplicated.
+"""The fault matrix: the jobs under faults, counting rows lost and duplicated.
 
 Each case labels a synthetic corpus (``--rows``, default 2,000) with the tiny
 smoke teacher, as the job a user runs (``raydistill label`` in a child process
@@ -14,6 +14,14 @@ with its own local Ray cluster), while a fault is injected:
 ``s3_down``       the S3 endpoint refuses every request for ``--outage`` seconds mid-run
 ``s3_flaky``      a share (``--flaky``) of all S3 requests fails with 503
 ``hostile_input`` rows that are no text: lone surrogates, NUL, invalid UTF-8, ragged CSV lines
+``predict_kill``  ``raydistill predict`` (a tiny student) killed as a tree once a run has committed a random
+                  number of rows (``--predict-kills`` times), then rerun:
+                  "labelled" counts predicted rows, lost and duplicated as above
+``train_worker_kill``  a Ray Train worker process of ``raydistill distill`` SIGKILLed mid-epoch: "lost" and
+                  "duplicated" count epochs missing from or repeated in the report's history
+``rounds``        ``raydistill rounds`` (one round, every step a job on a real Ray head) with the dashboard
+                  failing ``--flaky`` of its connections and the orchestrator SIGKILLed ``--rounds-kills``
+                  times: "rows" are steps, "duplicated" a step run twice (or two of its jobs at once)
 
 For every case it reports rows in, labelled, quarantined (with reasons), failed (with reasons),
 duplicated and lost. Lost is a valid input id found in neither the labelled data, nor failed/,
@@ -55,12 +63,12 @@ sys.path.insert(0, str(ROOT))
 from pipeline import storage  # noqa: E402
 from pipeline.config import StorageConfig  # noqa: E402
 from pipeline.smoke import build_tiny_teacher  # noqa: E402
-from pipeline.teacher import FAULTS_ENV  # noqa: E402
+from pipeline.faults import FAULTS_ENV  # noqa: E402
 
 LABELS = ["negative", "neutral", "positive"]
 WORDS = "profit sales rose fell market shares quarter growth loss company orders record".split()
 CASES = ["driver_kill", "actor_kill", "engine_kill", "engine_error", "poison_row", "s3_down", "s3_flaky",
-         "hostile_input"]
+         "hostile_input", "predict_kill", "train_worker_kill", "rounds"]
 
 
 # -- the corpus, the config, one job ------------------------------------------------------------------
@@ -90,15 +98,19 @@ def config_for(teacher: Path, corpus: str, output: str, *, engine_in_actor: bool
 
 
 class Job:
-    """``raydistill label`` in a child process of its own session (killable as a tree)."""
+    """``raydistill label`` (or another command: ``argv``) in a child process of its own session
+    (killable as a tree)."""
 
-    def __init__(self, config: dict[str, Any], folder: Path, env: Optional[dict[str, str]] = None):
+    def __init__(self, config: Optional[dict[str, Any]], folder: Path, env: Optional[dict[str, str]] = None,
+                 command: str = "label", argv: Optional[list[str]] = None):
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"config-{time.monotonic_ns()}.yaml"
-        path.write_text(yaml.safe_dump(config))
+        if config is not None:
+            path = folder / f"config-{time.monotonic_ns()}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            argv = [str(path), *(argv or [])]
         self.log = folder / f"job-{time.monotonic_ns()}.log"
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "label", str(path)], cwd=ROOT,
+            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", command, *(argv or [])], cwd=ROOT,
                                          env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
 
@@ -182,8 +194,8 @@ def duplicates_now(fs: Any, out: str) -> int:
 # -- S3 behind a fault-injecting proxy -------------------------------------------------------------------
 
 
-class S3Proxy:
-    """A TCP relay in front of moto's server that injects S3 faults.
+class FaultProxy:
+    """A TCP relay that injects faults in front of a server (moto's S3, Ray's dashboard).
 
     ``down``: every connection is cut and new ones are answered 503 (an outage). ``flaky``: that
     share of new connections is answered 503 and closed, and open connections are cut every
@@ -270,28 +282,44 @@ def local_case(name: str, work: Path, teacher: Path, rows: list, **kw: Any) -> t
     return config_for(teacher, str(corpus), str(folder / "out"), **kw), str(folder / "out"), pafs.LocalFileSystem()
 
 
-def run_to_end(config: dict, folder: Path, env: Optional[dict] = None) -> Job:
-    job = Job(config, folder, env)
+def run_to_end(config: Optional[dict], folder: Path, env: Optional[dict] = None, command: str = "label",
+               argv: Optional[list[str]] = None) -> Job:
+    job = Job(config, folder, env, command, argv)
     code = job.wait()
     if code != 0:
         raise RuntimeError(f"the job failed (exit {code}):\n{job.tail()}")
     return job
 
 
-def case_driver_kill(args, work, teacher, rows) -> dict:
-    config, out, fs = local_case("driver_kill", work, teacher, rows)
-    rng, kills, dup_after_kill = random.Random(args.seed), [], 0
-    for _ in range(args.kills):
-        job = Job(config, work / "driver_kill")
-        delay = rng.uniform(5, args.max_kill_delay)
+def kill_and_rerun(make_job: Callable[[], Job], rng: random.Random, kills: int, max_delay: float,
+                   after_kill: Callable[[], None] = lambda: None) -> list[float]:
+    """Start the job and SIGKILL its whole tree at a random moment, ``kills`` times (fewer if a run ends first);
+    the kill moments in seconds."""
+    moments = []
+    for _ in range(kills):
+        job = make_job()
+        delay = rng.uniform(5, max_delay)
         deadline = time.time() + delay
         while time.time() < deadline and job.proc.poll() is None:
             time.sleep(0.1)
         if job.proc.poll() is not None:  # it finished before the kill point
             break
         job.kill_tree()
-        kills.append(round(delay, 1))
-        dup_after_kill = max(dup_after_kill, duplicates_now(fs, out))
+        moments.append(round(delay, 1))
+        after_kill()
+    return moments
+
+
+def case_driver_kill(args, work, teacher, rows) -> dict:
+    config, out, fs = local_case("driver_kill", work, teacher, rows)
+    dup_after_kill = [0]
+
+    def check() -> None:
+        dup_after_kill[0] = max(dup_after_kill[0], duplicates_now(fs, out))
+
+    kills = kill_and_rerun(lambda: Job(config, work / "driver_kill"), random.Random(args.seed), args.kills,
+                           args.max_kill_delay, check)
+    dup_after_kill = dup_after_kill[0]
     run_to_end(config, work / "driver_kill")
     return {"kills": len(kills), "kill_seconds": kills, "duplicated_after_a_kill": dup_after_kill,
             **count(fs, out, {r["id"] for r in rows}, len(rows))}
@@ -360,7 +388,7 @@ def case_s3(args, work, teacher, rows, mode: str) -> dict:
     moto_port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port)
     moto.start()
-    proxy = S3Proxy(moto_port)
+    proxy = FaultProxy(moto_port)
     try:
         endpoint = f"http://127.0.0.1:{proxy.port}"
         import boto3
@@ -420,12 +448,198 @@ def case_hostile_input(args, work, teacher, rows) -> dict:
     return result
 
 
+def tiny_student(work: Path, rows: list) -> Path:
+    """The smoke student (random tiny BERT), sealed as an exported model: what ``raydistill predict`` reads."""
+    from pipeline import model_store
+    from pipeline.smoke import build_tiny_student
+
+    folder = build_tiny_student(work / "student", [r["text"] for r in rows[:500]])
+    if not (folder / model_store.META).exists():
+        from pipeline.student import load_student
+
+        tokenizer, model = load_student(str(folder), LABELS)  # a 3-class head
+        model.save_pretrained(folder)
+        model_store.seal(folder, {"labels": LABELS, "max_length": 32})
+    return folder
+
+
+def case_predict_kill(args, work, teacher, rows) -> dict:
+    """``raydistill predict`` SIGKILLed as a tree at random moments, then run to the end: every id predicted once."""
+    folder = work / "predict_kill"
+    folder.mkdir()
+    corpus = folder / "corpus.jsonl"
+    many = [{"id": f"p{i}", "text": r["text"]} for i, r in enumerate(rows * args.predict_copies)]
+    write_jsonl(corpus, many)
+    out = str(folder / "out")
+    argv = [str(tiny_student(work, rows)), str(corpus), out, "--commit-rows", "500"]
+    fs, dup_after_kill, committed = pafs.LocalFileSystem(), [0], []
+
+    def check() -> None:
+        dup_after_kill[0] = max(dup_after_kill[0], duplicates_now(fs, out))
+        committed.append(len(ids_in(fs, f"{out}/data")))
+
+    # Each kill lands while rows are being predicted: once the run has committed 1 to 20 files more.
+    rng, kills = random.Random(args.seed + 2), []
+    for _ in range(args.predict_kills):
+        before, more = len(ids_in(fs, f"{out}/data")), rng.randint(1, 20) * 500
+        job = Job(None, folder, command="predict", argv=argv)
+        try:
+            wait_until(lambda: len(ids_in(fs, f"{out}/data")) >= before + more, job)
+        except RuntimeError:  # it finished first
+            break
+        job.kill_tree()
+        kills.append(more)
+        check()
+    run_to_end(None, folder, command="predict", argv=argv)
+    report = json.loads((folder / "out" / "report.json").read_text())
+    return {"kills": len(kills), "killed_once_the_run_had_committed": kills,
+            "duplicated_after_a_kill": dup_after_kill[0], "rows_committed_after_each_kill": committed,
+            "rows_predicted_by_the_last_run": report["rows"]["predicted_this_run"],
+            **count(fs, out, {r["id"] for r in many}, len(many))}
+
+
+def case_train_worker_kill(args, work, teacher, rows) -> dict:
+    """``raydistill distill`` (2 DDP workers, a checkpoint every 20 batches) with one training worker process
+    SIGKILLed mid-epoch from outside: Ray Train restarts the workers from the latest checkpoint. Counted:
+    epochs in the report's history (each once), batches trained again, the job's exit."""
+    folder = work / "train_worker_kill"
+    labelled_folder(folder / "labels", rows)
+    config = config_for(teacher, str(folder / "corpus.jsonl"), str(folder / "labels"))
+    epochs = 3
+    config["student"] = {"model": str(tiny_student(work, rows)), "max_length": 32}
+    config["distill"] = {"output": str(folder / "run"), "epochs": epochs, "batch_size": 8, "num_workers": 2,
+                         "checkpoint_every_batches": 20, "learning_rate": 1e-3}
+    job = Job(config, folder, command="distill")
+    checkpoints = folder / "run" / "train"
+    wait_until(lambda: checkpoints.exists() and any(p.name.startswith("checkpoint_") for p in checkpoints.iterdir()),
+               job)
+    time.sleep(3)  # inside the epoch, after the checkpoint has been registered
+    workers = job.descendants("RayTrainWorker")
+    if not workers:
+        raise RuntimeError(f"no Ray Train worker process found:\n{job.tail()}")
+    workers[0].kill()
+    code = job.wait()
+    if code != 0:
+        raise RuntimeError(f"exit {code}:\n{job.tail()}")
+    report = json.loads((folder / "run" / "report.json").read_text())
+    history = report["history"]
+    return {"worker_processes_killed": 1,
+            "epochs": [e["epoch"] for e in history], "resumed_at_batch": [e["resumed_at_batch"] for e in history],
+            "rows_in": len(rows), "labelled": len(rows), "quarantined": 0, "failed": 0,
+            "duplicated": len(history) - len({e["epoch"] for e in history}),
+            "lost": epochs - len({e["epoch"] for e in history})}
+
+
+@contextlib.contextmanager
+def ray_head(work: Path):
+    """A Ray head with the Jobs API (``ray start --head``, every port its own); yields the dashboard's port."""
+    temp = work / "ray-head"
+    temp.mkdir()
+    port, dashboard = free_port(), free_port()
+    ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+        "node-manager-port", "object-manager-port", "ray-client-server-port")]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    started = subprocess.run(
+        ["ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+         "--include-dashboard=true", "--num-cpus=4", f"--temp-dir={temp}", "--disable-usage-stats", *ports],
+        env=env, capture_output=True, text=True)
+    if started.returncode != 0:
+        raise RuntimeError(started.stdout[-2000:] + started.stderr[-2000:])
+    try:
+        yield dashboard
+    finally:
+        for sig in ("-TERM", "-KILL"):
+            subprocess.run(["pkill", sig, "-f", "--", str(temp)], check=False)
+            subprocess.run(["pkill", sig, "-f", "--", f"gcs-address=[0-9.]*:{port}"], check=False)
+            time.sleep(3)
+
+
+def labelled_folder(folder: Path, rows: list) -> Path:
+    """``rows`` as the labelling job's output would hold them, each labelled by a cue word added to its text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.schemas import LABELLED
+
+    (folder / "data").mkdir(parents=True)
+    labelled = []
+    for i, r in enumerate(rows):
+        label = LABELS[i % 3]
+        labelled.append({"id": r["id"], "text": f"{r['text']} {label}", "votes": [label] * 2, "hard_label": label,
+                         "soft_label": [1.0 if x == label else 0.0 for x in LABELS], "consistency": 1.0,
+                         "n_valid": 2, "rationale": "", "prompt_tokens": 1, "completion_tokens": 1,
+                         "truncated": False, "teacher_model": "t", "prompt_hash": "h"})
+    pq.write_table(pa.Table.from_pylist(labelled, schema=LABELLED), folder / "data" / "part-0.parquet")
+    (folder / "manifest.json").write_text(json.dumps({"labels": LABELS}))
+    return folder
+
+
+def case_rounds(args, work, teacher, rows) -> dict:
+    """``raydistill rounds`` (one round of error extrapolation, every step a Ray job on a real head) while the
+    dashboard fails a share of requests (``--flaky``, through the fault proxy) and the orchestrator is
+    SIGKILLed at random moments (``--rounds-kills``), each time started again. Counted per step: jobs that
+    succeeded (more than one is duplicated work), steps without one (lost), and jobs of one step that ran at
+    the same time (two jobs writing one output)."""
+    from ray.job_submission import JobSubmissionClient
+
+    from pipeline.rounds import _use_ray_auth_token
+
+    folder = work / "rounds"
+    labels = labelled_folder(folder / "labels", rows[:300])
+    for name, part in (("validation", rows[300:360]), ("test", rows[360:420])):
+        write_jsonl(folder / f"{name}.jsonl", [{"id": r["id"], "text": f"{r['text']} {LABELS[i % 3]}",
+                                                "label": LABELS[i % 3]} for i, r in enumerate(part)])
+    with ray_head(work) as dashboard:
+        proxy = FaultProxy(dashboard)
+        proxy.flaky = args.flaky
+        try:
+            config = config_for(teacher, str(labels), str(labels), samples=1, max_tokens=48)
+            config["task"]["demos"] = [{"text": "Profit rose sharply.", "rationale": "Rising profit.", "label": "positive"}]
+            config["student"] = {"model": str(tiny_student(work, rows)), "max_length": 32}
+            config["distill"] = {"output": "unused", "labels": str(labels), "validation": str(folder / "validation.jsonl"),
+                                 "test": str(folder / "test.jsonl"), "epochs": 1, "batch_size": 16, "num_workers": 1,
+                                 "learning_rate": 1e-3}
+            config["rounds"] = {"output": str(folder / "out"), "address": f"http://127.0.0.1:{proxy.port}",
+                                "rounds": 1, "patience": 5, "examples_per_error": 2, "max_errors": 6, "min_chars": 4,
+                                "poll_seconds": 1.0}
+            kills = kill_and_rerun(lambda: Job(config, folder, command="rounds"), random.Random(args.seed + 3),
+                                   args.rounds_kills, args.max_kill_delay)
+            run_to_end(config, folder, command="rounds")
+        finally:
+            failed_by_proxy = proxy.failed
+            proxy.stop()
+        manifest = json.loads((folder / "out" / "manifest.json").read_text())
+        _use_ray_auth_token()
+        jobs = [j for j in JobSubmissionClient(f"http://127.0.0.1:{dashboard}").list_jobs()
+                if (j.metadata or {}).get("raydistill_run") == manifest["run_id"]]
+    by_step: dict[str, list] = collections.defaultdict(list)
+    for job in jobs:
+        by_step[f"{job.metadata['round']}/{job.metadata['step']}"].append(job)
+    succeeded = {step: sum(1 for j in js if str(j.status.value) == "SUCCEEDED") for step, js in by_step.items()}
+    overlapping = 0
+    for js in by_step.values():
+        spans = sorted((j.start_time or 0, j.end_time or float("inf")) for j in js)
+        overlapping += sum(1 for a, b in zip(spans, spans[1:]) if b[0] < a[1])
+    steps = sorted(manifest["steps"])
+    return {"kills": len(kills), "kill_seconds": kills, "requests_failed_by_the_proxy": failed_by_proxy,
+            "status": manifest["status"], "steps": steps, "jobs": len(jobs),
+            "jobs_per_step": {step: len(js) for step, js in sorted(by_step.items())},
+            "jobs_of_one_step_at_once": overlapping,
+            "rows_in": len(steps), "labelled": sum(1 for n in succeeded.values() if n), "quarantined": 0, "failed": 0,
+            "duplicated": sum(max(0, n - 1) for n in succeeded.values()) + overlapping,
+            "lost": sum(1 for step in steps if not succeeded.get(step))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--max-kill-delay", type=float, default=60.0, help="kill points drawn in [5, this] s")
+    parser.add_argument("--predict-kills", type=int, default=5)
+    parser.add_argument("--predict-copies", type=int, default=50, help="predict_kill's corpus: --rows x this")
+    parser.add_argument("--rounds-kills", type=int, default=3)
     parser.add_argument("--outage", type=float, default=30.0)
     parser.add_argument("--flaky", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)

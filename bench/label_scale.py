@@ -110,7 +110,8 @@ def write_corpus(folder: Path, committed: int, left: int) -> None:
 def child(config_path: str) -> None:
     """Run the job here and write its figures beside the config (this process is the job's driver)."""
     from pipeline.config import load_config
-    from pipeline.labeling import OutputLayout, committed_files, run_labeling
+    from pipeline.committed import OutputLayout, committed_files
+    from pipeline.labeling import run_labeling
     from pipeline import storage
 
     config = load_config(config_path)

@@ -136,7 +136,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="output folder: local path or s3:// URI")
     parser.add_argument("--id-column", default="id")
     parser.add_argument("--text-column", default="text")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
+    parser.add_argument("--commit-rows", type=int, default=8192, help="rows per committed output file")
     parser.add_argument("--actors", type=int, default=1, help="student replicas")
     parser.add_argument("--gpu", action="store_true", help="one GPU per replica")
     parser.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (credentials from the environment)")
@@ -147,11 +148,12 @@ def predict_main(argv: list[str] | None = None) -> int:
     report = run_predict(
         args.model_dir, args.input, args.output, StorageConfig(endpoint_url=args.s3_endpoint),
         id_column=args.id_column, text_column=args.text_column, batch_size=args.batch_size,
-        concurrency=args.actors, use_gpu=args.gpu,
+        commit_rows=args.commit_rows, concurrency=args.actors, use_gpu=args.gpu,
     )
     rows = report["rows"]
-    print(f"predicted {rows['predicted']} of {rows['input']} rows ({rows['quarantined']} quarantined) "
-          f"in {report['wall_seconds']}s: {report['label_distribution']}")
+    print(f"predicted {rows['predicted']} of {rows['input']} rows ({rows['predicted_this_run']} this run, "
+          f"{rows['quarantined']} quarantined) in {report['wall_seconds']}s "
+          f"({report['rows_per_second']} rows/s): {report['label_distribution']}")
     return 0
 
 

@@ -146,6 +146,10 @@ class DistillConfig:
     # A worker or node lost (a spot GPU reclaimed) restarts the workers from the latest checkpoint,
     # up to this many times (Ray Train's FailureConfig); -1: without limit.
     max_failures: int = 3
+    # Also a checkpoint every this many batches inside an epoch (0: at epoch ends only), so a lost
+    # worker on a large corpus loses minutes of training, not an epoch. Only the latest is kept.
+    checkpoint_every_batches: int = 2000
+    keep_checkpoints: int = 2  # epoch checkpoints kept, best first (the latest is always kept too)
     seed: int = 0
     target_precision: float = 0.8  # report the recall reached at this precision
 
@@ -441,6 +445,11 @@ def _check_distill(distill: DistillConfig) -> None:
         raise ConfigError(f"distill.target_precision: must be in (0, 1], got {distill.target_precision}")
     if distill.max_failures < -1:
         raise ConfigError(f"distill.max_failures: must be >= 0, or -1 for no limit, got {distill.max_failures}")
+    if distill.checkpoint_every_batches < 0:
+        raise ConfigError("distill.checkpoint_every_batches: must be >= 0 (0: at epoch ends only), "
+                          f"got {distill.checkpoint_every_batches}")
+    if distill.keep_checkpoints < 1:
+        raise ConfigError(f"distill.keep_checkpoints: must be >= 1, got {distill.keep_checkpoints}")
 
 
 def _positive(value: int, key: str) -> None:

@@ -3,9 +3,11 @@
 Output layout under ``distill.output`` (local or s3://)::
 
     manifest.json      labels, mode, threshold, student: what this run folder holds
-    train/             Ray Train run: a checkpoint per epoch (resumed from on restart)
+    train/             Ray Train run: checkpoints per epoch and every distill.checkpoint_every_batches
+                       batches (the latest resumed from on restart)
     model/             the best checkpoint, self-contained: weights, tokenizer,
-                       raydistill.json (labels, config, history, evaluation)
+                       raydistill.json (labels, config, history, evaluation, its files' hashes);
+                       replaced whole or not at all (pipeline.model_store)
     evaluation/        <set>.json, <set>_confusion.png, <set>_pr.png
     report.json        the run's report
 """
@@ -25,10 +27,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from pipeline import schemas, storage
+from pipeline import model_store, schemas, storage
 from pipeline.cluster import init_ray
 from pipeline.config import Config, ConfigError, to_dict
 from pipeline.evaluate import evaluate, format_evaluation, load_gold, predictions_table, write_evaluation
+from pipeline.faults import injected_faults
 from pipeline.selection import DEFAULT_MIN_CONSISTENCY, keep_mask, kept_at_thresholds
 
 TRAIN_COLUMNS = ["id", "text", "hard_label", "soft_label", "consistency", "n_valid"]
@@ -119,11 +122,8 @@ def _run_distill(config: Config, smoke: bool, log: Callable[[str], None], held: 
             "evaluation": {name: _headline(r) for name, r in evaluations.items()},
             "config": to_dict(config),
         }
-        storage.write_json(pafs.LocalFileSystem(), str(model_dir / "raydistill.json"), export)
-        model_uri = storage.join(out_root, "model")
-        storage.delete_dir(out_fs, model_uri)
-        out_fs.create_dir(model_uri, recursive=True)
-        pafs.copy_files(str(model_dir), model_uri, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=out_fs)
+        model_store.seal(model_dir, export)
+        model_store.publish(pafs.LocalFileSystem(), str(model_dir), out_fs, storage.join(out_root, "model"))
 
     epochs_run = len(history)
     epochs_this_run = sum(1 for epoch in history if epoch.get("run_id") == run_id)
@@ -324,6 +324,8 @@ def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root:
         "use_gpu": distill.use_gpu,
         "seed": distill.seed,
         "run_id": run_id,
+        "checkpoint_every_batches": distill.checkpoint_every_batches,
+        "faults": injected_faults(),
         "train_rows": train_rows,
         "validation": {"texts": validation[0], "labels": validation[1]} if validation else None,
     }
@@ -336,7 +338,8 @@ def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root:
             name="train",
             storage_path=root,
             storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(checkpoint_score_attribute=score[0], checkpoint_score_order=score[1]),
+            checkpoint_config=CheckpointConfig(checkpoint_score_attribute=score[0], checkpoint_score_order=score[1],
+                                               num_to_keep=distill.keep_checkpoints),
             failure_config=FailureConfig(max_failures=distill.max_failures),
         ),
         datasets={"train": train},
@@ -345,7 +348,7 @@ def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root:
 
 
 def _best_checkpoint(result: Any, by_validation: bool) -> tuple[Any, dict[str, Any]]:
-    candidates = result.best_checkpoints
+    candidates = [pair for pair in result.best_checkpoints if not pair[1].get("partial")]
     if not candidates:
         raise RuntimeError("training reported no checkpoint")
     if by_validation:

@@ -50,15 +50,15 @@ import json
 import os
 import re
 import shlex
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import pyarrow.fs as pafs
 
-from pipeline import freeal_steps, storage
+from pipeline import freeal_steps, model_store, storage
 from pipeline.cluster import VERBOSE_ENV, verbose
 from pipeline.config import Config, ConfigError, dump_config
 from pipeline.corpus import open_corpus
@@ -71,7 +71,6 @@ from pipeline.round_steps import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOG_TAIL_LINES = 40
-SUBMIT_RETRY_SECONDS = 120
 _PROGRESS = re.compile(r"^\[(label|distill|round \d+|seed|rounds|freeal)[\]:]|^(distillation report|  (rows|epochs|time|validation|test) )")
 EXIT_AFTER_ENV = "RAYDISTILL_ROUNDS_EXIT_AFTER"  # test hook, see _exit_if_asked
 
@@ -85,6 +84,12 @@ class JobsApiError(RuntimeError):
 
 
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def _refused(err: BaseException) -> bool:
+    """Whether a Jobs API error is a client error (4xx other than 404, 408 and 429), not a failing API."""
+    found = re.search(r"status code (4\d\d)", str(err))
+    return bool(found) and found.group(1) not in ("404", "408", "429")
 
 
 def _job_missing(err: BaseException) -> bool:
@@ -153,7 +158,7 @@ def run_rounds(config: Config, *, log: Callable[[str], None] = print, client: An
     layout = RoundsLayout.of(config)
     with storage.OutputLease(layout.fs, layout.root, config.rounds.output, "rounds.output", "rounds orchestrator"):
         manifest = Manifest.open(layout, config)
-        client = client or job_client(config.rounds.address)
+        client = client or job_client(config.rounds.address, config.rounds.api_timeout_s)
         runner = _Runner(config, layout, manifest, client, log)
         return runner.run()
 
@@ -203,7 +208,7 @@ def preflight(config: Config) -> None:
         raise ConfigError(f"rounds.working_dir: {working_dir} does not hold ray_jobs/round_step.py")
 
 
-def job_client(address: Optional[str]) -> Any:
+def job_client(address: Optional[str], api_timeout_s: float = 600.0) -> Any:
     """A Jobs API client for ``address``, else $RAY_ADDRESS, else the local head's default;
     ``local``: no Jobs API, every step run in this process (:mod:`pipeline.local_jobs`)."""
     from ray.job_submission import JobSubmissionClient
@@ -214,7 +219,19 @@ def job_client(address: Optional[str]) -> Any:
         return LocalJobs()
     address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     _use_ray_auth_token()
-    return JobSubmissionClient(address)
+    # The client checks the dashboard when made: a head just restarting, or a dashboard answering errors
+    # for a moment, is waited for (as every later call is, see _Runner._api).
+    deadline, wait = time.time() + api_timeout_s, 1.0
+    while True:
+        try:
+            return JobSubmissionClient(address)
+        except (ConnectionError, RuntimeError, OSError) as err:
+            if time.time() > deadline:
+                raise JobsApiError(f"the Jobs API at {address} did not answer for {api_timeout_s:.0f}s: {err}") from err
+            print(f"[rounds] the Jobs API at {address} failed ({str(err)[:200]}); retrying in {wait:.0f}s",
+                  file=sys.stderr, flush=True)
+            time.sleep(wait)
+            wait = min(wait * 2, 30.0)
 
 
 def _use_ray_auth_token() -> None:
@@ -488,20 +505,19 @@ class _Runner:
         self._wait(r, name, record)
 
     def _submit(self, entrypoint: str, submission_id: str, metadata: dict[str, str]) -> None:
-        """Submit, retrying while the head's job agent is not up yet (just after `ray start`)."""
-        deadline = time.time() + SUBMIT_RETRY_SECONDS
-        while True:
+        """Submit, retrying while the Jobs API fails or the head's job agent is not up yet (just after
+        `ray start`). The submission id makes a retry safe: a try whose answer was lost but that went
+        through is found as "already exists", never run twice."""
+
+        def submit() -> None:
             try:
                 self.client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
                                        runtime_env=self._runtime_env(), metadata=metadata)
-                return
             except RuntimeError as err:
-                if "already exists" in str(err):  # an earlier try went through after all
-                    return
-                if "No available agent" not in str(err) or time.time() > deadline:
+                if "already exists" not in str(err):  # else an earlier try went through after all
                     raise
-                self.log(f"[rounds] the cluster's job agent is not ready; retrying ({err})")
-                time.sleep(2)
+
+        self._api(submit, f"to submit job {submission_id}", missing=None)
 
     def _wait(self, r: int, name: str, record: dict[str, Any]) -> None:
         submission_id = record["submission_id"]
@@ -574,6 +590,8 @@ class _Runner:
             except (RuntimeError, OSError) as err:  # HTTP errors; requests' connection errors are OSErrors
                 if _job_missing(err):
                     return missing
+                if _refused(err):  # the request itself is wrong: asking again gets the same answer
+                    raise
                 if time.time() > deadline:
                     raise JobsApiError(f"the Jobs API at {_address(self.client)} failed for "
                                        f"{self.rounds.api_timeout_s:.0f}s while asking {what}: {err}") from err
@@ -600,9 +618,7 @@ class _Runner:
         best = state["best"]
         model_uri = self.layout.uri_of("model")
         src_fs, src = storage.resolve(best["model"], self.config.storage)
-        storage.delete_dir(self.layout.fs, self.layout.path("model"))
-        self.layout.fs.create_dir(self.layout.path("model"), recursive=True)  # a local copy needs the folder
-        pafs.copy_files(src, self.layout.path("model"), source_filesystem=src_fs, destination_filesystem=self.layout.fs)
+        model_store.publish(src_fs, src, self.layout.fs, self.layout.path("model"))
         state["model"] = model_uri
         table = summary_table(state, self.rounds.metric)
         storage.write_bytes_atomic(self.layout.fs, self.layout.path("summary.md"), table.encode("utf-8"))

@@ -21,6 +21,9 @@ import torch
 
 STATE_FILE = "training_state.pt"
 HISTORY_FILE = "history.json"
+# The scores (val_macro_f1, train_loss) a checkpoint inside an epoch reports: worse than any epoch's,
+# so Ray Train's ranking never keeps one for its score, only as the latest.
+PARTIAL_SCORE = (-1.0, 1e30)
 
 
 def load_student(model: str, label_names: Sequence[str]) -> tuple[Any, Any]:
@@ -123,7 +126,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     start_epoch, history, state = 0, [], None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # resume: weights, optimizer, schedule and the epochs already done
+    if checkpoint:  # resume: weights, optimizer, schedule and the epochs (or part of one) already done
         with checkpoint.as_directory() as folder:
             _, model = load_student(folder, cfg["labels"])
             # weights_only: the checkpoint may come from a shared bucket, and unpickling it in full
@@ -132,7 +135,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             state = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
             with open(os.path.join(folder, HISTORY_FILE)) as f:
                 history = json.load(f)
-        start_epoch = state["epoch"] + 1
+        start_epoch = state["epoch"] + (0 if state.get("batches_done") else 1)
+        if rank == 0:
+            where = f"batch {state['batches_done']} of epoch {state['epoch']}" if state.get("batches_done") else \
+                f"the end of epoch {state['epoch']}"
+            print(f"[distill] resuming from the checkpoint at {where}", flush=True)
 
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
@@ -148,12 +155,22 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     collate = tokenizing_collate(cfg["student_model"], cfg["max_length"])
 
+    every = cfg.get("checkpoint_every_batches") or 0
     for epoch in range(start_epoch, cfg["epochs"]):
         epoch_started = time.perf_counter()
         model.train()
         loss_sum, batches = torch.zeros((), device=device), 0
+        skip = 0
+        if state and state.get("batches_done") and epoch == state["epoch"]:
+            # Resuming inside this epoch: its first batches were trained before the checkpoint. Every
+            # worker skips as many (Ray Train splits the data into equal shards), so the schedule and
+            # the epoch's mean loss go on where they stopped.
+            skip, batches = state["batches_done"], state["batches_done"]
+            loss_sum += float(state["loss_sum"])
         for step, batch in enumerate(shard.iter_torch_batches(batch_size=cfg["batch_size"], device=device,
                                                                    collate_fn=collate)):
+            if step < skip:
+                continue
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = distill_loss(logits.float(), cfg["mode"], batch["hard"], batch["soft"])
@@ -162,12 +179,20 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 _optimizer_step(model, optimizer, scheduler)
             loss_sum += loss.detach()
             batches += 1
+            _injected_death(cfg.get("faults", {}), rank, epoch, batches)
+            if every and batches % every == 0 and batches % cfg["gradient_accumulation"] == 0:
+                # A checkpoint inside the epoch (hours long on a large corpus): a lost worker resumes
+                # from here. It ranks below every epoch's checkpoint, so only the latest is kept.
+                partial = {"epoch": epoch, "batches_done": batches, "partial": True, "run_id": cfg["run_id"],
+                           "train_loss": PARTIAL_SCORE[1], "val_macro_f1": PARTIAL_SCORE[0]}
+                _report(partial, rank, _unwrap(model), tokenizer, optimizer, scheduler, epoch, history,
+                        {"batches_done": batches, "loss_sum": float(loss_sum.item())})
         if batches % cfg["gradient_accumulation"]:
             _optimizer_step(model, optimizer, scheduler)  # the epoch's last, partial accumulation
         mean_loss = _all_reduce_mean(loss_sum / max(batches, 1), world)
         # run_id tells this job's epochs from those restored out of a checkpoint.
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": mean_loss, "run_id": cfg["run_id"],
-                                   "epoch_seconds": time.perf_counter() - epoch_started}
+                                   "epoch_seconds": time.perf_counter() - epoch_started, "resumed_at_batch": skip}
         if rank == 0 and cfg["validation"]:
             texts, labels = cfg["validation"]["texts"], cfg["validation"]["labels"]
             probs = predict_proba(_unwrap(model), tokenizer, texts, cfg["max_length"])
@@ -175,6 +200,19 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             metrics.update(val_accuracy=evaluation["accuracy"], val_macro_f1=evaluation["macro_f1"])
         history.append({k: v for k, v in metrics.items()})
         _report(metrics, rank, _unwrap(model), tokenizer, optimizer, scheduler, epoch, history)
+
+
+def _injected_death(faults: dict[str, Any], rank: int, epoch: int, batches: int) -> None:
+    from pipeline.faults import first_time
+
+    death = faults.get("train_worker_death")
+    if (death and rank == 0 and (death["epoch"], death["batch"]) == (epoch, batches)
+            and first_time(death.get("once"))):
+        # Ray Train's controller collects the workers' reports (and so registers their checkpoints) when it
+        # polls them, every 2 s by default; the process lives on a little first, as one would that dies in
+        # the middle of later batches, so that the checkpoint before the death counts.
+        time.sleep(float(death.get("after_s", 5.0)))
+        os._exit(1)
 
 
 def _optimizer_step(model: Any, optimizer: Any, scheduler: Any) -> None:
@@ -195,8 +233,11 @@ def _unwrap(model: Any) -> Any:
     return model.module if hasattr(model, "module") else model
 
 
-def _report(metrics, rank, model, tokenizer, optimizer, scheduler, epoch, history) -> None:
-    """Every worker reports; rank 0 attaches the checkpoint (weights are identical under DDP)."""
+def _report(metrics, rank, model, tokenizer, optimizer, scheduler, epoch, history, within_epoch=None) -> None:
+    """Every worker reports; rank 0 attaches the checkpoint (weights are identical under DDP).
+
+    ``within_epoch``: for a checkpoint inside an epoch, the batches done in it and their summed loss.
+    """
     import ray.train
 
     with tempfile.TemporaryDirectory() as folder:
@@ -205,7 +246,8 @@ def _report(metrics, rank, model, tokenizer, optimizer, scheduler, epoch, histor
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
             torch.save(
-                {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 **(within_epoch or {})},
                 os.path.join(folder, STATE_FILE),
             )
             with open(os.path.join(folder, HISTORY_FILE), "w") as f:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -26,27 +25,16 @@ import pyarrow as pa
 
 from pipeline import prompts, schemas, storage
 from pipeline.answers import parse_answer
+from pipeline.committed import shard_name
 from pipeline.engine_loop import EngineLoop, EngineStopped
 from pipeline.config import ABSTAIN, Config, ConfigError, Demo, TaskConfig, TeacherConfig
+from pipeline.faults import first_time
 from pipeline.votes import aggregate_votes
 
-# Faults to inject, for the fault matrix (bench/fault_matrix.py) and the tests: JSON in this variable,
-# read by the labelling job's driver and handed to its actors. Unset, nothing is injected.
-#   "engine_error": a row whose text contains this string reaches the engine with a prompt longer than
-#                   its context, which the engine rejects (a request-level engine error).
-#   "engine_death": the engine dies while a row whose text contains this string is in flight: its
-#                   process is killed (SIGKILL) when it has one, else the engine loop stops on an error.
-#   "engine_death_once": a file path; with it, only the first such death happens (it creates the file).
-FAULTS_ENV = "RAYDISTILL_INJECT_FAULTS"
 # How an actor whose engine died ends its process, so that Ray starts it anew (visible in Ray's logs).
 ENGINE_DIED_EXIT_CODE = 86
 # Parts a batch is split into, in its split runs (see :func:`plan_run`).
 SPLIT_FANOUT = 8
-
-
-def injected_faults() -> dict[str, str]:
-    raw = os.environ.get(FAULTS_ENV)
-    return json.loads(raw) if raw else {}
 
 
 def make_engine(teacher: TeacherConfig) -> Any:
@@ -175,13 +163,6 @@ def renderer_with_demos(
             continue
         return renderer, len(demos) - keep
     raise AssertionError("unreachable")
-
-
-def shard_name(ids: list[str]) -> str:
-    """Deterministic shard name from the ids it holds: a retried batch overwrites
-    its own earlier shard instead of adding a second copy of its rows."""
-    digest = hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()[:24]
-    return f"part-{digest}.parquet"
 
 
 def label_rows(
@@ -602,11 +583,8 @@ class TeacherLabeler:
         return token_ids
 
     def _kill_engine(self) -> None:
-        once = self.faults.get("engine_death_once")
-        if once:
-            if os.path.exists(once):
-                return
-            open(once, "w").close()
+        if not first_time(self.faults.get("engine_death_once")):
+            return
         import psutil
 
         children = psutil.Process().children(recursive=True)

@@ -12,9 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import DistillConfig, StudentConfig
+from pipeline.config import ConfigError, DistillConfig, StudentConfig
 from pipeline.distill import LabelDataError, holdout_mask, run_distill
 from pipeline.evaluate import GoldSetError
+from pipeline.faults import FAULTS_ENV
 from pipeline.schemas import LABELLED
 from pipeline.smoke import build_tiny_student
 from tests.conftest import LABELS
@@ -90,10 +91,22 @@ def distill_config(tmp_path, make_config, tiny_student):
 
 
 @pytest.mark.slow
-def test_cls_training_over_two_ddp_workers_learns(distill_config, ray_cluster, tmp_path):
-    report = run_distill(distill_config(mode="cls", num_workers=2), log=lambda _: None)
+def test_cls_training_over_two_ddp_workers_learns_and_survives_a_lost_worker(distill_config, ray_cluster, tmp_path,
+                                                                            monkeypatch):
+    """Two DDP workers, a checkpoint every 4 batches; rank 0's process dies after batch 6 of epoch 2 (as on a
+    reclaimed spot node). Ray Train restarts both workers from the checkpoint at batch 4 of that epoch: no
+    epoch is lost or trained twice, and the student still learns."""
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"train_worker_death": {"epoch": 2, "batch": 6,
+                                                                      "once": str(tmp_path / "died")}}))
+    report = run_distill(distill_config(mode="cls", num_workers=2, checkpoint_every_batches=4, keep_checkpoints=1),
+                         log=lambda _: None)
+    assert (tmp_path / "died").exists()
+    assert [epoch["resumed_at_batch"] for epoch in report["history"]] == [0, 0, 4, 0, 0, 0]
+    assert [epoch["epoch"] for epoch in report["history"]] == list(range(6))
     unanimous = sum(1 for r in labelled_rows(240) if r["consistency"] == 1.0)
     _check_learned(report, "cls", tmp_path, train_rows=unanimous, sets={"validation", "test"})
+    # keep_checkpoints=1: the best epoch's checkpoint and the latest; those inside epochs are gone.
+    assert 1 <= len([p for p in (tmp_path / "run" / "train").iterdir() if p.name.startswith("checkpoint_")]) <= 2
 
 
 @pytest.mark.slow
@@ -113,19 +126,42 @@ def test_rgr_training_with_a_teacher_holdout_learns_exports_predicts_and_resumes
 
     model_dir = tmp_path / "run" / "model"
     gold = tmp_path / "test.jsonl"
-    report = run_predict(str(model_dir), str(gold), str(tmp_path / "predictions"))
-    table = pq.read_table(tmp_path / "predictions" / "data").sort_by("id")
+    corpus = tmp_path / "predict_in.jsonl"  # the gold texts, and one id given twice (quarantined, both rows)
+    corpus.write_text(gold.read_text() + json.dumps({"id": "g0", "text": "again"}) + "\n")
+    output = tmp_path / "predictions"
+    report = run_predict(str(model_dir), str(corpus), str(output), commit_rows=20, log=lambda _: None)
+    table = pq.read_table(output / "data").sort_by("id")
     texts = {json.loads(line)["id"]: json.loads(line)["text"] for line in gold.read_text().splitlines()}
     tokenizer, model = load_student(str(model_dir), LABELS)
     expected = predict_proba(model, tokenizer, [texts[i] for i in table.column("id").to_pylist()], 24)
-    assert report["rows"] == {"input": 90, "predicted": 90, "quarantined": 0}
+    assert report["rows"] == {"input": 91, "predicted": 89, "predicted_this_run": 89, "already_done": 0,
+                              "quarantined": 2, "duplicates_removed": 0}
+    assert report["quarantine_reasons"] == {"duplicate id": 2}
     assert np.allclose(np.array(table.column("probabilities").to_pylist()), expected, atol=1e-5)
     assert table.column("label").to_pylist() == [LABELS[i] for i in expected.argmax(axis=1)]
+    assert report["label_distribution"] == {label: table.column("label").to_pylist().count(label)
+                                            for label in set(table.column("label").to_pylist())}
+    assert len(list((output / "data").iterdir())) == 5  # 89 rows, 20 a file
+
+    # A job killed after some commits: started again, it predicts only the rows whose files are missing.
+    lost = sorted((output / "data").iterdir())[:2]
+    lost_rows = sum(pq.read_metadata(f).num_rows for f in lost)
+    for f in lost:
+        f.unlink()
+    again = run_predict(str(model_dir), str(corpus), str(output), commit_rows=20, log=lambda _: None)
+    assert again["rows"]["predicted_this_run"] == lost_rows and again["rows"]["already_done"] == 89 - lost_rows
+    assert again["label_distribution"] == report["label_distribution"]
+    resumed = pq.read_table(output / "data").sort_by("id")
+    assert resumed.column("id").equals(table.column("id")) and resumed.column("label").equals(table.column("label"))
+    assert np.allclose(np.array(resumed.column("probabilities").to_pylist()), expected, atol=1e-5)
 
     # One epoch more on the same run folder: the six done are loaded from the checkpoint, not trained again.
     second = run_distill(distill_config(mode="rgr", num_workers=1, validation=None, epochs=7), log=lambda _: None)
     assert len(second["history"]) == 7 and second["history"][:6] == first["history"]
     assert first["time"]["epochs_this_run"] == 6 and second["time"]["epochs_this_run"] == 1
+    # The model was exported anew: its predictions must not join those of the first model.
+    with pytest.raises(ConfigError, match="made with a different model_fingerprint"):
+        run_predict(str(model_dir), str(corpus), str(output), log=lambda _: None)
 
 
 def _check_learned(report: dict, mode: str, tmp_path: Path, train_rows: int, sets: set[str]) -> None:

@@ -63,7 +63,7 @@ def test_ids_past_two_gibibytes(tmp_path):
 def test_an_index_is_fetched_once_per_process_not_per_batch(ray_cluster):
     import ray
 
-    from pipeline.labeling import _pending
+    from pipeline.committed import pending as _pending
 
     ref = ray.put(index_of([f"doc-{i}" for i in range(0, 1000, 2)]))
     before = idindex.Loaded.loads

@@ -20,8 +20,9 @@ import yaml
 from pipeline import schemas, storage
 from pipeline.config import ABSTAIN, ConfigError, to_dict
 from pipeline.corpus import InputError
-from pipeline.labeling import OutputLayout, committed_index, remove_duplicate_ids, run_labeling
-from pipeline.teacher import FAULTS_ENV
+from pipeline.committed import OutputLayout, committed_index, remove_duplicate_ids
+from pipeline.labeling import run_labeling
+from pipeline.faults import FAULTS_ENV
 from pipeline.votes import aggregate_votes
 from tests.conftest import LABELS
 
@@ -248,7 +249,7 @@ def test_remove_duplicate_ids_keeps_one_row_per_id(tmp_path, ray_cluster):
 
 
 def test_progress_measures_rates_from_the_first_finished_batch():
-    from pipeline.labeling import Progress
+    from pipeline.progress import Progress
 
     now = [0.0]
     lines: list[str] = []

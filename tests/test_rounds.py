@@ -318,11 +318,19 @@ class FlakyJobs:
     Only for the orchestrator's decisions about the API's answers; the real API runs in the tests above.
     """
 
-    def __init__(self, script: dict[str, list]):
+    def __init__(self, script: dict[str, list], submit_errors: list | None = None):
         self.script, self.submitted, self.stopped = script, [], []
+        self.submit_errors = submit_errors or []  # raised by the first submits, in turn
 
     def submit_job(self, *, submission_id, **_):
+        if submission_id in self.submitted:
+            raise RuntimeError(f"Request failed with status code 400: Job {submission_id} already exists.")
+        error = self.submit_errors.pop(0) if self.submit_errors else None
+        if error is not None and "lost answer" not in str(error):
+            raise error
         self.submitted.append(submission_id)
+        if error is not None:  # it went through, but the answer never came back
+            raise error
 
     def get_job_status(self, submission_id):
         answers = self.script[submission_id[-2:]]  # by attempt: "a0", "a1", ...
@@ -374,6 +382,25 @@ def test_jobs_api_errors_are_waited_out_and_only_a_missing_job_counts_as_lost(tm
                           "a1": ["SUCCEEDED"]})
     runner._step(0, "label", "python ray_jobs/label.py")
     assert client.submitted[-1].endswith("-r0-label-a1") and runner.manifest.step(0, "label")["attempt"] == 1
+
+
+def test_a_submit_the_api_fails_is_tried_again_and_a_lost_answer_never_makes_a_second_job(tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "sleep", lambda _: None)
+    client = FlakyJobs({"a0": ["SUCCEEDED"]}, submit_errors=[
+        RuntimeError("Request failed with status code 502: Bad Gateway"),
+        ConnectionError("Connection reset by peer (a lost answer)"),  # the job was created all the same
+    ])
+    runner, lines = _runner(tmp_path, client)
+    runner._step(0, "train", "python ray_jobs/distill.py")
+    assert len(client.submitted) == 1 and runner.manifest.step(0, "train")["status"] == "succeeded"
+    assert sum("the Jobs API failed asking to submit" in line for line in lines) == 2
+
+    # A request the API refuses (a client error) is not asked again for ten minutes: it fails at once.
+    client = FlakyJobs({"a0": ["SUCCEEDED"]}, submit_errors=[
+        RuntimeError("Request failed with status code 400: runtime_env working_dir is too large")])
+    runner, _ = _runner(tmp_path / "refused", client)
+    with pytest.raises(RuntimeError, match="working_dir is too large"):
+        runner._step(0, "train", "python ray_jobs/distill.py")
 
 
 def test_a_failed_step_is_submitted_again_then_fails_the_run_with_its_log(tmp_path, monkeypatch):

@@ -5,7 +5,8 @@ from transformers import AutoTokenizer
 
 from pipeline.config import ABSTAIN, ConfigError, Demo
 from pipeline.prompts import build_messages
-from pipeline.teacher import PromptRenderer, _Gate, label_rows, plan_run, renderer_with_demos, shard_name
+from pipeline.committed import shard_name
+from pipeline.teacher import PromptRenderer, _Gate, label_rows, plan_run, renderer_with_demos
 from tests.conftest import LABELS
 
 
