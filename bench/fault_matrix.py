@@ -583,7 +583,7 @@ def case_rounds(args, work, teacher, rows) -> dict:
     the same time (two jobs writing one output)."""
     from ray.job_submission import JobSubmissionClient
 
-    from pipeline.rounds import _use_ray_auth_token
+    from pipeline.jobs_api import use_ray_auth_token
 
     folder = work / "rounds"
     labels = labelled_folder(folder / "labels", rows[:300])
@@ -610,7 +610,7 @@ def case_rounds(args, work, teacher, rows) -> dict:
             failed_by_proxy = proxy.failed
             proxy.stop()
         manifest = json.loads((folder / "out" / "manifest.json").read_text())
-        _use_ray_auth_token()
+        use_ray_auth_token()
         jobs = [j for j in JobSubmissionClient(f"http://127.0.0.1:{dashboard}").list_jobs()
                 if (j.metadata or {}).get("raydistill_run") == manifest["run_id"]]
     by_step: dict[str, list] = collections.defaultdict(list)

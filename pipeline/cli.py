@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from pipeline.cluster import VERBOSE_ENV, quiet_libraries
 from pipeline.config import Config, ConfigError, load_config
@@ -16,12 +17,12 @@ from pipeline.distill import LabelDataError
 from pipeline.evaluate import GoldSetError
 from pipeline.rounds import StepFailed
 from pipeline.schemas import SchemaError
+from pipeline.submit import in_uploaded_working_dir, refuse_relative_paths, smoke_root
 
-SMOKE_ROOT = Path("runs/smoke")
-
-
-def smoke_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
-    """The same job with a tiny random teacher built on the spot, on CPU, writing under ``root``."""
+def smoke_config(config: Config, root: Optional[Path] = None) -> Config:
+    """The same job with a tiny random teacher built on the spot, on CPU, writing under ``root``
+    (default ``runs/smoke``)."""
+    root = root or smoke_root()
     from pipeline import storage
     from pipeline.smoke import build_tiny_teacher
 
@@ -51,8 +52,9 @@ def smoke_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
     return dataclasses.replace(config, teacher=teacher, data=data)
 
 
-def smoke_distill_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
+def smoke_distill_config(config: Config, root: Optional[Path] = None) -> Config:
     """Distil the smoke labels into a tiny random BERT built on the spot, on CPU."""
+    root = root or smoke_root()
     import pyarrow.fs as pafs
 
     from pipeline import storage
@@ -86,7 +88,9 @@ def _load(args: argparse.Namespace) -> Config:
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # read by pipeline.cluster, here and in jobs this process submits
     quiet_libraries()
-    return load_config(args.config, args.set)
+    config = load_config(args.config, args.set)
+    refuse_relative_paths(config)
+    return config
 
 
 def _config_job(argv, name: str, description: str, smoke_help: str, make_smoke, run, describe, output) -> int:
@@ -145,6 +149,12 @@ def predict_main(argv: list[str] | None = None) -> int:
     from pipeline.config import StorageConfig
     from pipeline.predict import run_predict
 
+    for name in ("model_dir", "input", "output"):
+        value = getattr(args, name)
+        if in_uploaded_working_dir() and not value.startswith("s3://") and not os.path.isabs(value):
+            raise ConfigError(f"{name}: the relative path {value!r} would resolve inside this job's temporary "
+                              "working directory; use an absolute path or s3://")
+
     report = run_predict(
         args.model_dir, args.input, args.output, StorageConfig(endpoint_url=args.s3_endpoint),
         id_column=args.id_column, text_column=args.text_column, batch_size=args.batch_size,
@@ -191,15 +201,16 @@ def smoke_main(argv: list[str] | None = None) -> int:
                  f"{label_report['rows']['labelled_this_run']} rows through the engine, its start-up included)",
         "distill": f" ({distill_report['time']['train_seconds']}s in Ray Train, {distill_report['epochs']} epochs)",
     }
-    print(f"smoke run: {time.time() - started:.0f}s in all (outputs under {SMOKE_ROOT / config.task.name}/)")
+    print(f"smoke run: {time.time() - started:.0f}s in all (outputs under {smoke_root() / config.task.name}/)")
     for part, seconds in times.items():
         print(f"  {part:<20}{seconds:6.1f}s{details.get(part, '')}")
     print(f"!! {SMOKE_WARNING}")
     return 0
 
 
-def smoke_rounds_config(config: Config, root: Path = SMOKE_ROOT) -> Config:
+def smoke_rounds_config(config: Config, root: Optional[Path] = None) -> Config:
     """Rounds over the smoke labels with the tiny teacher and student (run `make smoke` first)."""
+    root = root or smoke_root()
     from pipeline.config import RoundsConfig
 
     labels = (root / config.task.name / "labels").resolve()
@@ -237,6 +248,7 @@ def round_step_main(argv: list[str] | None = None) -> int:
     from pipeline.round_steps import run_step
 
     config = load_config(args.config, args.set)
+    refuse_relative_paths(config)
     if config.rounds is None:
         raise ConfigError("rounds: this step needs the rounds section of the config")
     report = run_step(config, args.step, args.round)
@@ -272,8 +284,14 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+def submit_main(argv: list[str] | None = None) -> int:
+    from pipeline.submit import submit_main as submit
+
+    return submit(argv)
+
+
 COMMANDS = {"init": init_main, "smoke": smoke_main, "label": label_main, "distill": distill_main,
-            "predict": predict_main, "rounds": rounds_main, "round-step": round_step_main}
+            "predict": predict_main, "rounds": rounds_main, "submit": submit_main, "round-step": round_step_main}
 
 
 def main(argv: list[str] | None = None) -> int:

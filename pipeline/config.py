@@ -8,6 +8,7 @@ wrong type raises :class:`ConfigError` naming the key's full path
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -209,6 +210,57 @@ class Config:
     student: Optional[StudentConfig] = None
     distill: Optional[DistillConfig] = None
     rounds: Optional[RoundsConfig] = None
+
+
+# Keys that hold a local path or an s3:// URI (a list: each of its items). The model keys hold a path
+# only where such a local folder exists; otherwise they name a Hugging Face hub model.
+PATH_KEYS = ("data.input", "data.output", "distill.output", "distill.labels", "distill.extra_labels",
+             "distill.validation", "distill.test", "rounds.output", "rounds.working_dir", "rounds.freeal_gold")
+MODEL_KEYS = ("teacher.model", "student.model")
+
+
+def relative_paths(config: Config) -> list[tuple[str, str]]:
+    """``(key, value)`` of every relative local path in ``config`` (resolved against the current
+    directory by the jobs)."""
+    found = []
+    for key, value, _ in _path_values(config):
+        if not value.startswith("s3://") and not os.path.isabs(value):
+            found.append((key, value))
+    return found
+
+
+def with_absolute_paths(config: Config, base: Path) -> Config:
+    """``config`` with every relative local path made absolute against ``base``."""
+    replaced: dict[str, dict[str, Any]] = {}
+    for key, value, index in _path_values(config):
+        if value.startswith("s3://") or os.path.isabs(value):
+            continue
+        section, name = key.split(".")
+        absolute = str((base / value).resolve())
+        fields = replaced.setdefault(section, {})
+        if index is None:
+            fields[name] = absolute
+        else:
+            items = fields.setdefault(name, list(getattr(getattr(config, section), name)))
+            items[index] = absolute
+    for section, fields in replaced.items():
+        config = dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **fields)})
+    return config
+
+
+def _path_values(config: Config) -> list[tuple[str, str, Optional[int]]]:
+    """``(key, value, list index or None)`` of the paths in ``config`` (see PATH_KEYS)."""
+    values = []
+    for key in (*PATH_KEYS, *MODEL_KEYS):
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name, None) if getattr(config, section) is not None else None
+        if key in MODEL_KEYS and (value is None or not os.path.isdir(value)):
+            continue
+        if isinstance(value, str):
+            values.append((key, value, None))
+        elif isinstance(value, list):
+            values.extend((key, item, i) for i, item in enumerate(value))
+    return values
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:

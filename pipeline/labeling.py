@@ -157,10 +157,10 @@ def _label(
     # Markers of batches an earlier job left unfinished: this job forms its batches anew.
     storage.delete_dir(out.fs, out.attempts)
     board = ray.remote(num_cpus=0)(_Board).remote()
-    pending = rows.map_batches(
+    to_label = rows.map_batches(
         pending, batch_format="pyarrow", fn_kwargs={"duplicates": duplicates, "committed_ref": committed_ref}
     ).repartition(target_num_rows_per_block=teacher.commit_rows, strict=True)
-    summaries = pending.map_batches(
+    summaries = to_label.map_batches(
         TeacherLabeler,
         fn_constructor_kwargs={"config": config, "data_fs": out.fs, "data_path": out.data, "progress": board,
                                "failed_path": out.failed, "attempts_path": out.attempts,

@@ -2,7 +2,7 @@
 
 :class:`LocalJobs` answers the few calls the rounds orchestrator makes of Ray's
 ``JobSubmissionClient`` (submit, status, logs, stop, list). ``submit_job`` runs
-the step's entrypoint (``python ray_jobs/<job>.py ARGS``: the same
+the step's entrypoint (``ray_jobs/<job>.py ARGS``, see :mod:`pipeline.jobs_api`: the same
 ``raydistill`` command a job would run) at once, in this process, against
 the local Ray cluster that the first step starts (or ``$RAY_ADDRESS``'s).
 Every step shares the one driver: no job process to start, no working dir to
@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import io
 import os
-import shlex
 import sys
 import traceback
 from typing import Any, AsyncIterator, Optional
+
+from pipeline.jobs_api import parse_entrypoint
 
 # ray_jobs/<script> -> the raydistill command it runs.
 COMMANDS = {"label.py": "label", "distill.py": "distill", "predict.py": "predict", "round_step.py": "round-step"}
@@ -59,8 +60,10 @@ class LocalJobs:
                    metadata: Optional[dict] = None, **_: Any) -> str:
         if submission_id in self.jobs:
             raise RuntimeError(f"Request failed with status code 400: Job {submission_id} already exists.")
-        words = shlex.split(entrypoint)
-        script = words[1].rsplit("/", 1)[-1] if len(words) > 1 and words[0].startswith("python") else ""
+        try:
+            script, args = parse_entrypoint(entrypoint)
+        except ValueError:
+            script, args = "", []
         if script not in COMMANDS:
             raise ValueError(
                 f"local rounds run ray_jobs/{{{','.join(COMMANDS)}}} entrypoints only, got {entrypoint!r}")
@@ -76,7 +79,7 @@ class LocalJobs:
         stdout, stderr = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)
         try:
-            code = main([COMMANDS[script], *words[2:]])
+            code = main([COMMANDS[script], *args])
         except Exception:  # noqa: BLE001 - the step failed; its traceback is its log's end, as in a job
             log.write(traceback.format_exc())
             code = 1

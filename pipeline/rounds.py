@@ -49,8 +49,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
-import sys
 import threading
 import time
 import uuid
@@ -59,8 +57,8 @@ from typing import Any, Callable, Optional
 
 
 from pipeline import freeal_steps, model_store, storage
-from pipeline.cluster import VERBOSE_ENV, verbose
-from pipeline.config import Config, ConfigError, dump_config
+from pipeline.jobs_api import PROJECT_ROOT, JobsApiError, entrypoint, job_client, job_env
+from pipeline.config import Config, ConfigError, dump_config, with_absolute_paths
 from pipeline.corpus import open_corpus
 from pipeline.evaluate import load_gold
 from pipeline.round_steps import (
@@ -69,7 +67,6 @@ from pipeline.round_steps import (
     validation_errors,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOG_TAIL_LINES = 40
 _PROGRESS = re.compile(r"^\[(label|distill|round \d+|seed|rounds|freeal)[\]:]|^(distillation report|  (rows|epochs|time|validation|test) )")
 EXIT_AFTER_ENV = "RAYDISTILL_ROUNDS_EXIT_AFTER"  # test hook, see _exit_if_asked
@@ -77,10 +74,6 @@ EXIT_AFTER_ENV = "RAYDISTILL_ROUNDS_EXIT_AFTER"  # test hook, see _exit_if_asked
 
 class StepFailed(RuntimeError):
     """A round's step ran as a Ray job and failed; the message names it and holds its log tail."""
-
-
-class JobsApiError(RuntimeError):
-    """The Jobs API kept failing for ``rounds.api_timeout_s``."""
 
 
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -153,6 +146,9 @@ def run_rounds(config: Config, *, log: Callable[[str], None] = print, client: An
     """Run (or continue) the rounds of ``config.rounds``; returns the summary."""
     if config.rounds is None:
         raise ConfigError("rounds: this job needs the rounds section of the config")
+    # Each step's job reads the run's config.yaml: relative paths there would resolve in the job's own
+    # temporary working directory, so they are made absolute here, against this directory.
+    config = with_absolute_paths(config, Path.cwd())
     config = absolute_paths(config)
     preflight(config)
     layout = RoundsLayout.of(config)
@@ -206,44 +202,6 @@ def preflight(config: Config) -> None:
     working_dir = Path(config.rounds.working_dir or PROJECT_ROOT)
     if not (working_dir / "ray_jobs" / "round_step.py").is_file():
         raise ConfigError(f"rounds.working_dir: {working_dir} does not hold ray_jobs/round_step.py")
-
-
-def job_client(address: Optional[str], api_timeout_s: float = 600.0) -> Any:
-    """A Jobs API client for ``address``, else $RAY_ADDRESS, else the local head's default;
-    ``local``: no Jobs API, every step run in this process (:mod:`pipeline.local_jobs`)."""
-    from ray.job_submission import JobSubmissionClient
-
-    if address == "local":
-        from pipeline.local_jobs import LocalJobs
-
-        return LocalJobs()
-    address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
-    _use_ray_auth_token()
-    # The client checks the dashboard when made: a head just restarting, or a dashboard answering errors
-    # for a moment, is waited for (as every later call is, see _Runner._api).
-    deadline, wait = time.time() + api_timeout_s, 1.0
-    while True:
-        try:
-            return JobSubmissionClient(address)
-        except (ConnectionError, RuntimeError, OSError) as err:
-            if time.time() > deadline:
-                raise JobsApiError(f"the Jobs API at {address} did not answer for {api_timeout_s:.0f}s: {err}") from err
-            print(f"[rounds] the Jobs API at {address} failed ({str(err)[:200]}); retrying in {wait:.0f}s",
-                  file=sys.stderr, flush=True)
-            time.sleep(wait)
-            wait = min(wait * 2, 30.0)
-
-
-def _use_ray_auth_token() -> None:
-    """Send Ray's auth token when one exists (``ray start`` enables token auth once a token is
-    there), as the ``ray job`` CLI does; RAY_AUTH_MODE set by the user wins."""
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token authentication
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 class Manifest:
@@ -471,13 +429,11 @@ class _Runner:
     # -- one step = one Ray job -----------------------------------------------------------------------
 
     def _entrypoint(self, script: str, args: list[str]) -> str:
-        config_uri = self.layout.uri_of("config.yaml")
-        sets = " ".join(f"--set {shlex.quote(a)}" for a in args)
-        return f"python {script} {shlex.quote(config_uri)} {sets}".strip()
+        sets = [word for arg in args for word in ("--set", arg)]
+        return entrypoint(script.rsplit("/", 1)[-1], [self.layout.uri_of("config.yaml"), *sets])
 
     def _step_entrypoint(self, step: str, r: int) -> str:
-        config_uri = self.layout.uri_of("config.yaml")
-        return f"python ray_jobs/round_step.py {shlex.quote(config_uri)} {step} --round {r}"
+        return entrypoint("round_step.py", [self.layout.uri_of("config.yaml"), step, "--round", str(r)])
 
     def _step(self, r: int, name: str, entrypoint: str) -> None:
         record = self.manifest.step(r, name)
@@ -600,12 +556,9 @@ class _Runner:
                 wait = min(wait * 2, 30.0)
 
     def _runtime_env(self) -> dict[str, Any]:
-        env_vars = {"TOKENIZERS_PARALLELISM": "false"}
-        if verbose():
-            env_vars[VERBOSE_ENV] = "1"
-        if self.config.storage.endpoint_url:
-            env_vars["AWS_ENDPOINT_URL"] = self.config.storage.endpoint_url  # the job reads config.yaml there
-        return {"working_dir": str(self.rounds.working_dir or PROJECT_ROOT), "env_vars": env_vars}
+        # The job reads config.yaml at the S3 endpoint the config names.
+        return {"working_dir": str(self.rounds.working_dir or PROJECT_ROOT),
+                "env_vars": job_env(self.config.storage.endpoint_url)}
 
     def _read_report(self, uri: str, name: str) -> dict[str, Any]:
         fs, root = storage.resolve(uri, self.config.storage)

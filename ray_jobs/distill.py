@@ -1,14 +1,14 @@
-"""Distillation job entry point for `ray job submit`.
+"""Distillation job: entry point of a Ray job.
 
-    ray job submit --working-dir . -- python ray_jobs/distill.py CONFIG [--smoke]
+    raydistill submit distill CONFIG [--smoke]
+    ray job submit --working-dir . -- sh ray_jobs/run.sh distill.py CONFIG [--smoke]
+
+(``run.sh`` picks the interpreter; see pipeline/jobs_api.py.)
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir
-
-from pipeline.cli import main  # noqa: E402
+from _launch import run  # this folder is on sys.path when the script runs
 
 if __name__ == "__main__":
-    sys.exit(main(["distill", *sys.argv[1:]]))
+    sys.exit(run("distill"))

@@ -1,14 +1,13 @@
-"""One synthesis step of a round, as a Ray job (submitted by `raydistill rounds`).
+"""One synthesis step of a round (submitted by `raydistill rounds`): entry point of a Ray job.
 
-    ray job submit --working-dir . -- python ray_jobs/round_step.py CONFIG {seed,synthesize,mix,filter,demos,select,merge} --round R
+    ray job submit --working-dir . -- sh ray_jobs/run.sh round_step.py CONFIG {seed,synthesize,mix,filter,demos,select,merge} --round R
+
+(``run.sh`` picks the interpreter; see pipeline/jobs_api.py.)
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir
-
-from pipeline.cli import main  # noqa: E402
+from _launch import run  # this folder is on sys.path when the script runs
 
 if __name__ == "__main__":  # vLLM starts its workers with spawn
-    sys.exit(main(["round-step", *sys.argv[1:]]))
+    sys.exit(run("round-step"))

@@ -25,38 +25,11 @@ from pipeline.config import (
     ConfigError, DistillConfig, RoundsConfig, StorageConfig, StudentConfig, config_from_dict, to_dict,
 )
 from pipeline.evaluate import GoldSetError
-from pipeline.rounds import EXIT_AFTER_ENV, StepFailed, job_client, metrics_png, run_rounds, summary_table
-from tests.conftest import LABELS, _free_port, task_dict
+from pipeline.jobs_api import job_client
+from pipeline.rounds import EXIT_AFTER_ENV, StepFailed, metrics_png, run_rounds, summary_table
+from tests.conftest import LABELS, task_dict
 from tests.test_distill import labelled_rows, tiny_student, write_gold, write_labelled  # noqa: F401
 
-VENV_BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """A Ray head with the Jobs API, as `ray start --head` gives on a cluster. Yields its address."""
-    temp = tmp_path_factory.mktemp("ray-head")
-    port, dashboard = _free_port(), _free_port()
-    # Every port of its own, so it can run beside other Ray instances on the machine.
-    ports = [f"--{name}={_free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
-        "node-manager-port", "object-manager-port", "ray-client-server-port")]
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
-    try:
-        started = subprocess.run(
-            ["ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
-             "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4", f"--temp-dir={temp}",
-             "--disable-usage-stats", *ports],
-            env=env, capture_output=True, text=True,
-        )
-        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-        yield f"http://127.0.0.1:{dashboard}"
-    finally:
-        # Stop only this head's processes: `ray stop` would also stop other Ray instances.
-        for signal in ("-TERM", "-KILL"):  # Ray's processes may ignore SIGTERM while shutting down
-            subprocess.run(["pkill", signal, "-f", "--", str(temp)], check=False)
-            subprocess.run(["pkill", signal, "-f", "--", f"gcs-address=[0-9.]*:{port}"], check=False)
-            time.sleep(3)
 
 
 def _s3(endpoint: str, bucket: str):

@@ -1,0 +1,14 @@
+"""The rounds orchestrator: entry point of a Ray job.
+
+    raydistill submit rounds CONFIG [--smoke]
+    ray job submit --working-dir . -- sh ray_jobs/run.sh rounds.py CONFIG [--smoke]
+
+(``run.sh`` picks the interpreter; see pipeline/jobs_api.py.)
+"""
+
+import sys
+
+from _launch import run  # this folder is on sys.path when the script runs
+
+if __name__ == "__main__":
+    sys.exit(run("rounds"))
