@@ -48,8 +48,8 @@ from rounds_quality import Round0
 
 from pipeline import storage
 from pipeline.config import ABSTAIN
-from pipeline.freeal_steps import labels_uri, run_merge, run_select, selection_uri, warmup_uri
-from pipeline.round_steps import RoundsLayout, student_uri
+from pipeline.freeal_steps import run_merge, run_select
+from pipeline.rounds_layout import RoundsLayout, labels_uri, selection_uri, student_uri, warmup_uri
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -49,7 +49,8 @@ from distill_quality import TeacherModel, labelled_rows, simulate_votes, teacher
 from rounds_quality import Round0, candidates_table
 
 from pipeline import storage
-from pipeline.round_steps import RoundsLayout, extra_uri, relabel_report, relabelled_uri, run_filter
+from pipeline.round_steps import relabel_report, run_filter
+from pipeline.rounds_layout import RoundsLayout, extra_uri, relabelled_uri
 from pipeline.synthesis import mixing_plan
 
 REPO = Path(__file__).resolve().parents[1]

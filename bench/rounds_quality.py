@@ -58,7 +58,8 @@ from distill_quality import (
 
 from pipeline import storage
 from pipeline.config import RoundsConfig
-from pipeline.round_steps import CANDIDATES, RoundsLayout, extra_uri, run_filter, validation_errors
+from pipeline.round_steps import CANDIDATES, run_filter, validation_errors
+from pipeline.rounds_layout import RoundsLayout, extra_uri
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from pipeline.cluster import VERBOSE_ENV, quiet_libraries
 from pipeline.config import Config, ConfigError, load_config
@@ -232,26 +232,36 @@ def rounds_main(argv: list[str] | None = None) -> int:
         argv, "rounds", "Student-teacher rounds (rounds.strategy: extrapolation, promptmix or freeal): each step a Ray job "
         "via the Jobs API (rounds.address).",
         "two rounds over the smoke labels with the tiny random teacher and student (noise)",
-        smoke_rounds_config, lambda config, smoke: run_rounds(config), lambda state: f"rounds: {state['status']}",
+        smoke_rounds_config, lambda config, smoke: run_rounds(config, client=_local_jobs(config)),
+        lambda state: f"rounds: {state['status']}",
         lambda c: c.rounds.output,
     )
 
 
+def _local_jobs(config: Config) -> Any:
+    """For ``rounds.address: local``: a Jobs API stand-in that runs each step's command in this process."""
+    if config.rounds is None or config.rounds.address != "local":
+        return None
+    from pipeline.local_jobs import LocalJobs
+
+    return LocalJobs(main)
+
+
 def round_step_main(argv: list[str] | None = None) -> int:
+    from pipeline import strategies
+
     parser = argparse.ArgumentParser(prog="raydistill round-step",
                                      description="One synthesis step of a round (run as a Ray job by `rounds`).")
     parser.add_argument("config", help="YAML config file (local path or s3:// URI)")
-    parser.add_argument("step", choices=["seed", "synthesize", "mix", "filter", "demos", "select", "merge"])
+    parser.add_argument("step", choices=strategies.all_steps())
     parser.add_argument("--round", type=int, required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     args = parser.parse_args(argv)
-    from pipeline.round_steps import run_step
-
     config = load_config(args.config, args.set)
     refuse_relative_paths(config)
     if config.rounds is None:
         raise ConfigError("rounds: this step needs the rounds section of the config")
-    report = run_step(config, args.step, args.round)
+    report = strategies.step_function(config.rounds.strategy, args.step)(config, args.round, print)
     print({key: value for key, value in report.items() if key != "reasons"})
     return 0
 

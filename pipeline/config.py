@@ -17,12 +17,9 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from pipeline.answers import normalize
+from pipeline.errors import ConfigError  # noqa: F401 - raised here, and imported from here by the jobs
 
 ABSTAIN = "<abstain>"  # the vote recorded for an answer that names no label
-
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown, of the wrong type or out of range."""
 
 
 @dataclasses.dataclass(frozen=True)

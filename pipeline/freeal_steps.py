@@ -47,29 +47,11 @@ from pipeline.evaluate import load_gold
 from pipeline.filters import Candidate, filter_candidates
 from pipeline.freeal import diverse_demos, nearest_demos, small_loss_split
 from pipeline.generate import generate, request
-from pipeline.round_steps import (
-    RoundsLayout, evaluation_texts, labelled_rows, round_uri,
-)
+from pipeline.round_steps import evaluation_texts, labelled_rows
+from pipeline.rounds_layout import RoundsLayout, demos_path, labels_uri, warmup_uri
 
 RELABEL_INPUT = pa.schema([("id", pa.string()), ("text", pa.string()), ("demos", pa.string())])
 STYLE_TEXTS = 3  # unlabelled texts shown to the teacher when it writes its own demos
-
-
-def labels_uri(config: Config, r: int) -> str:
-    return round_uri(config, r, "labels")
-
-
-def warmup_uri(config: Config, r: int) -> str:
-    return round_uri(config, r, "warmup")
-
-
-def selection_uri(config: Config, r: int) -> str:
-    return round_uri(config, r, "selection")
-
-
-def demos_path(config: Config) -> tuple[Any, str]:
-    layout = RoundsLayout.of(config)
-    return layout.fs, layout.path(*layout.round_dir(0, "demos.json"))
 
 
 # -- round 0: the teacher's own demos -------------------------------------------------------------

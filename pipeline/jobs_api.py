@@ -11,36 +11,20 @@ system's interpreter on a head started from a virtualenv without activating it.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.cluster import VERBOSE_ENV, verbose
+from pipeline.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-LAUNCHER = "ray_jobs/run.sh"
 PYTHON_ENV = "RAYDISTILL_PYTHON"
 
 
 class JobsApiError(RuntimeError):
     """The Jobs API kept failing for longer than allowed."""
-
-
-def entrypoint(script: str, args: list[str]) -> str:
-    """The shell command of a job running ``ray_jobs/<script>`` with ``args``."""
-    return " ".join(["sh", LAUNCHER, script, *(shlex.quote(a) for a in args)])
-
-
-def parse_entrypoint(command: str) -> tuple[str, list[str]]:
-    """``(script, args)`` of an :func:`entrypoint` (or of ``python ray_jobs/<script> ARGS``)."""
-    words = shlex.split(command)
-    if words[:2] == ["sh", LAUNCHER] and len(words) > 2:
-        return words[2], words[3:]
-    if len(words) > 1 and words[0].startswith("python") and words[1].startswith("ray_jobs/"):
-        return words[1].rsplit("/", 1)[-1], words[2:]
-    raise ValueError(f"not a raydistill job entrypoint: {command!r}")
 
 
 def job_env(endpoint_url: Optional[str] = None, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
@@ -55,14 +39,16 @@ def job_env(endpoint_url: Optional[str] = None, extra: Optional[dict[str, str]] 
 
 
 def job_client(address: Optional[str], api_timeout_s: float = 600.0) -> Any:
-    """A Jobs API client for ``address``, else $RAY_ADDRESS, else the local head's default;
-    ``local``: no Jobs API, every step run in this process (:mod:`pipeline.local_jobs`)."""
+    """A Jobs API client for ``address``, else $RAY_ADDRESS, else the local head's default.
+
+    ``local`` (no Jobs API, every step in the caller's process) is :class:`pipeline.local_jobs.LocalJobs`,
+    which the ``raydistill`` command makes: it runs the command's own functions.
+    """
     from ray.job_submission import JobSubmissionClient
 
     if address == "local":
-        from pipeline.local_jobs import LocalJobs
-
-        return LocalJobs()
+        raise ConfigError("rounds.address: local runs every step in the orchestrator's process, which "
+                          "`raydistill rounds` sets up; from Python, pass client=LocalJobs(pipeline.cli.main)")
     address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     use_ray_auth_token()
     # The client checks the dashboard when made: a head just restarting, or a dashboard answering errors

@@ -21,9 +21,9 @@ import io
 import os
 import sys
 import traceback
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
-from pipeline.jobs_api import parse_entrypoint
+from pipeline.entrypoints import parse_entrypoint
 
 # ray_jobs/<script> -> the raydistill command it runs.
 COMMANDS = {"label.py": "label", "distill.py": "distill", "predict.py": "predict", "round_step.py": "round-step"}
@@ -53,7 +53,8 @@ class LocalJobs:
 
     _address = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, run: Callable[[list[str]], int]) -> None:
+        self.run = run  # runs one raydistill command: pipeline.cli.main
         self.jobs: dict[str, dict[str, Any]] = {}
 
     def submit_job(self, *, entrypoint: str, submission_id: str, runtime_env: Optional[dict] = None,
@@ -67,8 +68,6 @@ class LocalJobs:
         if script not in COMMANDS:
             raise ValueError(
                 f"local rounds run ray_jobs/{{{','.join(COMMANDS)}}} entrypoints only, got {entrypoint!r}")
-        from pipeline.cli import main
-
         log = io.StringIO()
         record = {"submission_id": submission_id, "entrypoint": entrypoint, "metadata": metadata or {},
                   "status": "RUNNING", "log": log}
@@ -79,7 +78,7 @@ class LocalJobs:
         stdout, stderr = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)
         try:
-            code = main([COMMANDS[script], *args])
+            code = self.run([COMMANDS[script], *args])
         except Exception:  # noqa: BLE001 - the step failed; its traceback is its log's end, as in a job
             log.write(traceback.format_exc())
             code = 1

@@ -23,7 +23,6 @@ and is run again from the start, replacing its partial outputs.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 from typing import Any, Callable, Optional
@@ -38,6 +37,7 @@ from pipeline.config import Config, TaskConfig
 from pipeline.evaluate import load_gold
 from pipeline.filters import Candidate, filter_candidates
 from pipeline.generate import generate, request
+from pipeline.rounds_layout import RoundsLayout, base_labels_uri, extra_uri, relabelled_uri, student_uri
 
 CANDIDATES = pa.schema([
     pa.field("request_id", pa.string(), nullable=False),
@@ -48,59 +48,6 @@ CANDIDATES = pa.schema([
     pa.field("prompt_tokens", pa.int64(), nullable=False),  # of the request it came from
     pa.field("completion_tokens", pa.int64(), nullable=False),
 ])
-
-
-@dataclasses.dataclass(frozen=True)
-class RoundsLayout:
-    fs: Any
-    root: str
-    uri: str  # rounds.output as given (what jobs and the manifest name)
-
-    @classmethod
-    def of(cls, config: Config) -> "RoundsLayout":
-        fs, root = storage.resolve(config.rounds.output, config.storage)
-        return cls(fs, root, config.rounds.output.rstrip("/"))
-
-    def path(self, *parts: str) -> str:
-        return storage.join(self.root, *parts)
-
-    def uri_of(self, *parts: str) -> str:
-        return "/".join([self.uri, *parts])
-
-    def round_dir(self, r: int, *parts: str) -> tuple[str, ...]:
-        return ("rounds", str(r), *parts)
-
-
-def base_labels_uri(config: Config) -> str:
-    """Round 0's training data: the seed synthesis output, or the labelling job's output."""
-    if config.rounds.seed_synthesis:
-        return RoundsLayout.of(config).uri_of("seed")
-    return config.distill.labels or config.data.output
-
-
-def round_uri(config: Config, r: int, *parts: str) -> str:
-    """URI of ``rounds/<r>/<parts...>`` under ``rounds.output``."""
-    layout = RoundsLayout.of(config)
-    return layout.uri_of(*layout.round_dir(r, *parts))
-
-
-def extra_uri(config: Config, r: int) -> str:
-    return round_uri(config, r, "extra")
-
-
-def student_uri(config: Config, r: int, arm: str = "") -> str:
-    """Round r's student; ``arm="intended"``: the PromptMix comparison trained without relabelling."""
-    return round_uri(config, r, f"student-{arm}" if arm else "student")
-
-
-def relabelled_uri(config: Config, r: int) -> str:
-    """PromptMix and FreeAL: the labelling job's output on round r's examples to relabel."""
-    return round_uri(config, r, "relabelled")
-
-
-def round_data_uri(config: Config, r: int) -> str:
-    """What round r adds to the training data: the relabelled examples under PromptMix, else the extras."""
-    return relabelled_uri(config, r) if config.rounds.strategy == "promptmix" else extra_uri(config, r)
 
 
 def relabel_report(config: Config, r: int) -> dict[str, Any]:
@@ -138,16 +85,6 @@ def evaluation_texts(config: Config) -> list[str]:
         if uri:
             texts += load_gold(uri, config.task.label_names, key, config.storage)[0]
     return texts
-
-
-def run_step(config: Config, step: str, r: int, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from pipeline import freeal_steps
-
-    steps = {"seed": run_seed, "synthesize": run_synthesize, "mix": run_mix, "filter": run_filter,
-             "demos": freeal_steps.run_demos, "select": freeal_steps.run_select, "merge": freeal_steps.run_merge}
-    if step not in steps:
-        raise ValueError(f"unknown round step {step!r}; known: {sorted(steps)}")
-    return steps[step](config, r, log)
 
 
 # -- seed synthesis: explain, then generate ---------------------------------------------------------

@@ -1,26 +1,9 @@
 """Student-teacher rounds, each step a Ray job.
 
-Round 0 trains the student on the labelling job's output (or on seed
-synthesis). Round r >= 1 depends on ``rounds.strategy``:
-
-- ``extrapolation`` (S3, "Synthesis Step by Step"): the teacher writes
-  ``rounds.examples_per_error`` new examples like each validation example
-  round r-1's student got wrong (``synthesize``); they are filtered
-  (``filter``), merged with all earlier training data and the student is
-  retrained and evaluated (``train``, the distillation job unchanged).
-- ``promptmix`` (PromptMix): the teacher writes examples mixing two classes
-  (``mix``), they are filtered (``filter``), the labelling job relabels them
-  (``relabel``: its label replaces the intended one), and the student is
-  retrained on the relabelled data (``train``) and, for comparison, on the
-  intended labels (``train-intended``).
-- ``freeal`` (FreeAL, see :mod:`pipeline.freeal_steps`): round 0 has the
-  teacher write its own demos (``demos``) and label the corpus with them
-  (``label``); every round trains a student on the teacher's labels
-  (``warmup``), splits them into clean and noisy by the student's loss
-  (``select``) and trains the round's student on the clean rows plus
-  confident pseudo-labels (``train``); round r >= 1 first has the teacher
-  relabel round r-1's noisy rows with demos chosen per text (``relabel``) and
-  merges the new labels in (``merge``).
+What a round is depends on ``rounds.strategy``: each strategy is a module of
+:mod:`pipeline.strategies` (error extrapolation, PromptMix, FreeAL) that says
+which steps its rounds have and what each step reads and writes. This module
+is the orchestrator and knows no strategy by name.
 
 The rounds stop after ``rounds.rounds`` or once the validation metric has not
 improved for ``rounds.patience`` rounds; the best round's student is copied
@@ -46,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import json
 import os
 import re
 import threading
@@ -56,16 +38,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 
-from pipeline import freeal_steps, model_store, storage
-from pipeline.jobs_api import PROJECT_ROOT, JobsApiError, entrypoint, job_client, job_env
+from pipeline import model_store, storage, strategies
+from pipeline.entrypoints import entrypoint
+from pipeline.jobs_api import PROJECT_ROOT, JobsApiError, job_client, job_env
 from pipeline.config import Config, ConfigError, dump_config, with_absolute_paths
-from pipeline.corpus import open_corpus
 from pipeline.evaluate import load_gold
-from pipeline.round_steps import (
-    RoundsLayout, base_labels_uri, extra_uri, relabel_report, relabelled_uri, round_data_uri, round_uri,
-    student_uri,
-    validation_errors,
-)
+from pipeline.round_steps import validation_errors
+from pipeline.rounds_layout import RoundsLayout, student_uri
 
 LOG_TAIL_LINES = 40
 _PROGRESS = re.compile(r"^\[(label|distill|round \d+|seed|rounds|freeal)[\]:]|^(distillation report|  (rows|epochs|time|validation|test) )")
@@ -149,7 +128,6 @@ def run_rounds(config: Config, *, log: Callable[[str], None] = print, client: An
     # Each step's job reads the run's config.yaml: relative paths there would resolve in the job's own
     # temporary working directory, so they are made absolute here, against this directory.
     config = with_absolute_paths(config, Path.cwd())
-    config = absolute_paths(config)
     preflight(config)
     layout = RoundsLayout.of(config)
     with storage.OutputLease(layout.fs, layout.root, config.rounds.output, "rounds.output", "rounds orchestrator"):
@@ -159,46 +137,13 @@ def run_rounds(config: Config, *, log: Callable[[str], None] = print, client: An
         return runner.run()
 
 
-def absolute_paths(config: Config) -> Config:
-    """Local paths made absolute: the jobs run in a copy of the working dir, not where we stand."""
-    import dataclasses
-
-    def fix(path: Optional[str], must_exist: bool = False) -> Optional[str]:
-        if path is None or storage.is_s3(path) or (must_exist and not Path(path).exists()):
-            return path  # s3://, or a model hub name
-        return str(Path(path).resolve())
-
-    teacher = dataclasses.replace(config.teacher, model=fix(config.teacher.model, must_exist=True))
-    data = dataclasses.replace(config.data, input=fix(config.data.input), output=fix(config.data.output))
-    student = dataclasses.replace(config.student, model=fix(config.student.model, must_exist=True))
-    distill = config.distill
-    distill = dataclasses.replace(
-        distill, output=fix(distill.output), labels=fix(distill.labels), validation=fix(distill.validation),
-        test=fix(distill.test), extra_labels=[fix(p) for p in distill.extra_labels],
-    )
-    rounds = dataclasses.replace(config.rounds, output=fix(config.rounds.output),
-                                 working_dir=fix(config.rounds.working_dir), freeal_gold=fix(config.rounds.freeal_gold))
-    return dataclasses.replace(config, teacher=teacher, data=data, student=student, distill=distill, rounds=rounds)
-
-
 def preflight(config: Config) -> None:
     """Everything checkable before any job is submitted: gold sets, round-0 data, the job files."""
     label_names = config.task.label_names
     load_gold(config.distill.validation, label_names, "distill.validation", config.storage)
     if config.distill.test:
         load_gold(config.distill.test, label_names, "distill.test", config.storage)
-    if config.rounds.strategy == "freeal":
-        open_corpus(config.data, config.storage)  # round 0 labels data.input itself
-        if config.rounds.freeal_gold:
-            load_gold(config.rounds.freeal_gold, label_names, "rounds.freeal_gold", config.storage)
-    elif not config.rounds.seed_synthesis:
-        uri = base_labels_uri(config)
-        fs, root = storage.resolve(uri, config.storage)
-        if not storage.list_files(fs, storage.join(root, "data"), (".parquet",)):
-            raise ConfigError(
-                f"distill.labels: no labelled parquet under {uri}/data for round 0; run the labelling job "
-                "first or set rounds.seed_synthesis: true"
-            )
+    strategies.for_config(config).preflight(config)
     working_dir = Path(config.rounds.working_dir or PROJECT_ROOT)
     if not (working_dir / "ray_jobs" / "round_step.py").is_file():
         raise ConfigError(f"rounds.working_dir: {working_dir} does not hold ray_jobs/round_step.py")
@@ -267,6 +212,7 @@ class _Runner:
                  log: Callable[[str], None]):
         self.config, self.layout, self.manifest, self.client, self.log = config, layout, manifest, client, log
         self.rounds = config.rounds
+        self.strategy = strategies.for_config(config)
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -277,10 +223,7 @@ class _Runner:
         self.manifest.save()
         self.log(f"[rounds] run {state['run_id']} in {self.layout.uri}, Jobs API at {_address(self.client)}")
         try:
-            if self.rounds.strategy == "freeal":
-                stop = self._run_freeal()
-            else:
-                stop = self._run_synthesis()
+            stop = self.strategy.run(self)
         except StepFailed:
             state["status"] = "failed"
             self.manifest.save()
@@ -289,69 +232,7 @@ class _Runner:
         self._finish(time.time() - started)
         return state
 
-    def _run_synthesis(self) -> str:
-        """Error extrapolation or PromptMix: each round adds teacher-written examples."""
-        if self.rounds.seed_synthesis:
-            self._step(0, "seed", self._step_entrypoint("seed", 0))
-        self._train(0)
-        mixing = self.rounds.strategy == "promptmix"
-        write = "mix" if mixing else "synthesize"
-        stop = None
-        for r in range(1, self.rounds.rounds + 1):
-            stop = self._stop_reason(r)
-            if stop:
-                break
-            self._step(r, write, self._step_entrypoint(write, r))
-            self._step(r, "filter", self._step_entrypoint("filter", r))
-            added = self._read_report(extra_uri(self.config, r), "report.json")["kept"]
-            if added == 0:
-                stop = f"round {r}'s filtered synthesis added no examples"
-                self._record_round(r, added=0, trained=False)
-                break
-            if mixing:
-                self._relabel(r)
-                if self.rounds.compare_without_relabelling:
-                    self._train(r, arm="intended")
-            self._train(r)
-        else:
-            stop = f"ran all {self.rounds.rounds} rounds"
-        return stop
-
-    def _run_freeal(self) -> str:
-        config = self.config
-        self._step(0, "demos", self._step_entrypoint("demos", 0))
-        self._step(0, "label", self._entrypoint("ray_jobs/label.py", [
-            freeal_steps.task_demos_override(config), _override("data.output", freeal_steps.labels_uri(config, 0))]))
-        self._freeal_student(0)
-        for r in range(1, self.rounds.rounds + 1):
-            stop = self._stop_reason(r)
-            if stop:
-                return stop
-            previous = freeal_steps.selection_uri(config, r - 1)
-            if self._read_report(previous, "report.json")["to_relabel"] == 0:
-                return f"round {r - 1}'s selection left no noisy row to relabel"
-            self._step(r, "relabel", self._entrypoint("ray_jobs/label.py", _relabel_overrides(
-                f"{previous}/relabel_input", relabelled_uri(config, r)) + [_override("data.demos_column", "demos")]))
-            self._step(r, "merge", self._step_entrypoint("merge", r))
-            self._freeal_student(r)
-        return f"ran all {self.rounds.rounds} rounds"
-
-    def _freeal_student(self, r: int) -> None:
-        """Warm-up on the teacher's labels, small-loss selection, the round's student on the selection."""
-        config = self.config
-        labels = freeal_steps.labels_uri(config, r)
-        self._step(r, "warmup", self._entrypoint("ray_jobs/distill.py", [
-            _override("distill.labels", labels), _override("distill.extra_labels", []),
-            _override("distill.output", freeal_steps.warmup_uri(config, r))]))
-        self._step(r, "select", self._step_entrypoint("select", r))
-        data = f"{freeal_steps.selection_uri(config, r)}/student_data"
-        self._step(r, "train", self._entrypoint("ray_jobs/distill.py", [
-            _override("distill.labels", data), _override("distill.extra_labels", []),
-            _override("distill.output", student_uri(config, r))]))
-        changed = self._read_report(round_uri(config, r), "merge.json")["labels_changed"] if r > 0 else 0
-        self._record_round(r, added=changed, trained=True, data=[data])
-
-    def _stop_reason(self, r: int) -> Optional[str]:
+    def stop_reason(self, r: int) -> Optional[str]:
         trained = [int(q) for q, info in self.manifest.state["rounds"].items() if info.get("trained")]
         best = self.manifest.state.get("best")
         last = max(trained)
@@ -362,54 +243,11 @@ class _Runner:
             return f"round {last}'s student makes no validation errors"
         return None
 
-    def _train(self, r: int, arm: str = "") -> None:
-        """Train round r's student on round 0's data and every round's additions so far.
-
-        ``arm="intended"`` (PromptMix): round r's examples with the labels they were written for, not
-        the relabelled ones; recorded with round r's main student as the comparison.
-        """
-        data = training_data(self.config, r, arm,
-                             lambda q: self._read_report(extra_uri(self.config, q), "report.json")["kept"])
-        overrides = [_override("distill.labels", data[0]), _override("distill.extra_labels", data[1:]),
-                     _override("distill.output", student_uri(self.config, r, arm))]
-        self._step(r, f"train-{arm}" if arm else "train", self._entrypoint("ray_jobs/distill.py", overrides))
-        if arm:
-            return
-        added = 0 if r == 0 else self._read_report(extra_uri(self.config, r), "report.json")["kept"]
-        self._record_round(r, added=added, trained=True, data=data)
-
-    def _relabel(self, r: int) -> None:
-        """PromptMix: the labelling job, unchanged, labels round r's filtered examples."""
-        overrides = _relabel_overrides(f"{extra_uri(self.config, r)}/data", relabelled_uri(self.config, r))
-        self._step(r, "relabel", self._entrypoint("ray_jobs/label.py", overrides))
-        report = relabel_report(self.config, r)
-        storage.write_json(self.layout.fs, self.layout.path(*self.layout.round_dir(r, "relabel.json")), report)
-        self.log(f"[rounds] round {r} relabel: {report['relabelled']} of {report['examples']} examples got "
-                 f"another label, {report['abstained']} abstained, {report['quarantined']} quarantined")
-
-    def _record_round(self, r: int, added: int, trained: bool, data: Optional[list[str]] = None) -> None:
+    def record_round(self, r: int, added: int, trained: bool, data: Optional[list[str]] = None) -> None:
         info: dict[str, Any] = {"added": added, "trained": trained}
-        if r == 0 and self.rounds.seed_synthesis:
-            info["added"] = self._read_report(self.layout.uri_of("seed"), "report.json")["kept"]
-        relabel_json = self.layout.path(*self.layout.round_dir(r, "relabel.json"))
-        if r > 0 and self.rounds.strategy == "promptmix" and storage.exists(self.layout.fs, relabel_json):
-            info["relabel"] = storage.read_json(self.layout.fs, relabel_json)
-            if trained and self.rounds.compare_without_relabelling:
-                intended = self._read_report(student_uri(self.config, r, "intended"), "report.json")
-                info["without_relabelling"] = {"train_rows": intended["rows"]["train"],
-                                               "evaluation": intended["evaluation"]}
-        if self.rounds.strategy == "freeal" and trained:
-            selection = self._read_report(freeal_steps.selection_uri(self.config, r), "report.json")
-            warmup = self._read_report(freeal_steps.warmup_uri(self.config, r), "report.json")
-            info["freeal"] = {
-                "labels_changed": added,
-                **{key: selection[key] for key in ("labelled_rows", "abstained_rows", "clean", "noisy",
-                                                   "pseudo_labelled", "to_relabel", "classes_without_clean_rows",
-                                                   "teacher_accuracy")},
-                "warmup_evaluation": warmup["evaluation"],
-            }
+        info.update(self.strategy.round_info(self, r, trained, added))
         if trained:
-            report = self._read_report(student_uri(self.config, r), "report.json")
+            report = self.report(student_uri(self.config, r), "report.json")
             info.update({
                 "train_data": data,
                 "train_rows": report["rows"]["train"],
@@ -428,14 +266,14 @@ class _Runner:
 
     # -- one step = one Ray job -----------------------------------------------------------------------
 
-    def _entrypoint(self, script: str, args: list[str]) -> str:
-        sets = [word for arg in args for word in ("--set", arg)]
-        return entrypoint(script.rsplit("/", 1)[-1], [self.layout.uri_of("config.yaml"), *sets])
+    def job(self, script: str, overrides: list[str]) -> str:
+        sets = [word for arg in overrides for word in ("--set", arg)]
+        return entrypoint(script, [self.layout.uri_of("config.yaml"), *sets])
 
-    def _step_entrypoint(self, step: str, r: int) -> str:
-        return entrypoint("round_step.py", [self.layout.uri_of("config.yaml"), step, "--round", str(r)])
+    def round_step(self, name: str, r: int) -> str:
+        return entrypoint("round_step.py", [self.layout.uri_of("config.yaml"), name, "--round", str(r)])
 
-    def _step(self, r: int, name: str, entrypoint: str) -> None:
+    def step(self, r: int, name: str, entrypoint: str) -> None:
         record = self.manifest.step(r, name)
         if record and record["status"] == "succeeded":
             self.log(f"[rounds] round {r} {name}: done earlier (job {record['submission_id']})")
@@ -503,7 +341,7 @@ class _Runner:
             if record["attempt"] < self.rounds.step_retries:
                 self.log(f"[rounds] round {r} {name}: job {submission_id} ended {status or 'unknown to the cluster'}; "
                          f"submitting it again (attempt {record['attempt'] + 2} of {self.rounds.step_retries + 1})")
-                return self._step(r, name, record["entrypoint"])
+                return self.step(r, name, record["entrypoint"])
             raise StepFailed(
                 f"round {r} step {name!r} failed: Ray job {submission_id} ended {status or 'unknown to the cluster'}"
                 f" (attempt {record['attempt'] + 1} of {self.rounds.step_retries + 1})"
@@ -560,7 +398,7 @@ class _Runner:
         return {"working_dir": str(self.rounds.working_dir or PROJECT_ROOT),
                 "env_vars": job_env(self.config.storage.endpoint_url)}
 
-    def _read_report(self, uri: str, name: str) -> dict[str, Any]:
+    def report(self, uri: str, name: str) -> dict[str, Any]:
         fs, root = storage.resolve(uri, self.config.storage)
         return storage.read_json(fs, storage.join(root, name))
 
@@ -585,36 +423,10 @@ class _Runner:
         self.log(f"[rounds] summary: {self.layout.uri_of('summary.md')}, plot: {self.layout.uri_of('metrics.png')}")
 
 
-def training_data(config: Config, r: int, arm: str, kept: Callable[[int], int]) -> list[str]:
-    """Round r's training data: round 0's labels, then each round's examples up to r that kept any.
-
-    ``kept(q)``: the examples round q's filter kept. ``arm="intended"`` (PromptMix) takes round r's
-    examples with the labels they were written for; earlier rounds count with their final labels.
-    """
-    return [base_labels_uri(config)] + [
-        extra_uri(config, q) if arm == "intended" and q == r else round_data_uri(config, q)
-        for q in range(1, r + 1)
-        if kept(q) > 0
-    ]
-
-
 def _exit_if_asked(point: str) -> None:
     """Test hook: $RAYDISTILL_ROUNDS_EXIT_AFTER=<round>/<step>[:submitted] dies like a killed process there."""
     if os.environ.get(EXIT_AFTER_ENV) == point:
         os._exit(75)
-
-
-def _override(key: str, value: Any) -> str:
-    """One ``--set key=value``, the value written as JSON (which YAML reads as it is): a path holding
-    ``:``, ``#``, quotes or brackets stays one string."""
-    return f"{key}={json.dumps(value, ensure_ascii=False)}"
-
-
-def _relabel_overrides(input_uri: str, output_uri: str) -> list[str]:
-    """``--set`` overrides that point the labelling job at a round's own parquet (``id``, ``text``)."""
-    return [_override("data.input", input_uri), _override("data.format", "parquet"),
-            _override("data.id_column", "id"), _override("data.text_column", "text"),
-            _override("data.output", output_uri)]
 
 
 def _address(client: Any) -> str:

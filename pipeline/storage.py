@@ -11,13 +11,16 @@ import io
 import json
 import os
 import uuid
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.config import ConfigError, StorageConfig
+from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:  # only for annotations: the config module reads S3 configs through this one
+    from pipeline.config import StorageConfig
 
 
 def is_s3(uri: str) -> bool:

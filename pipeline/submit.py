@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, ConfigError, dump_config, load_config, relative_paths, with_absolute_paths
-from pipeline.jobs_api import PROJECT_ROOT, entrypoint, job_client, job_env
+from pipeline.entrypoints import entrypoint
+from pipeline.jobs_api import PROJECT_ROOT, job_client, job_env
 
 # raydistill command -> its entry point in ray_jobs/
 JOBS = {"label": "label.py", "distill": "distill.py", "rounds": "rounds.py"}

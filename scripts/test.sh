@@ -7,7 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-FIRST=(tests/test_rounds.py tests/test_distill.py tests/test_submit.py)
+FIRST=(tests/test_rounds.py tests/test_distill.py)
 # The ten slowest tests of each run are listed at the end: where CI's time goes.
 "$PY" -m pytest "${FIRST[@]}" --durations=10 "$@" > >(sed -u 's/^/[rounds+distill] /') 2>&1 &
 first=$!

@@ -161,7 +161,11 @@ def test_relabel_report_counts_changed_unchanged_abstained_and_quarantined(step_
 
 
 def test_a_round_trains_on_round_0_and_every_earlier_round_that_kept_examples(step_config, tmp_path):
-    from pipeline.rounds import training_data
+    from pipeline.strategies import STRATEGIES
+
+    def training_data(config, r, arm, kept):
+        return STRATEGIES[config.rounds.strategy].training_data(config, r, arm, kept)
+
 
     kept = {1: 5, 2: 0, 3: 4}.__getitem__  # round 2's filter kept nothing
     rounds = str(tmp_path / "rounds" / "rounds")

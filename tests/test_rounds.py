@@ -25,7 +25,9 @@ from pipeline.config import (
     ConfigError, DistillConfig, RoundsConfig, StorageConfig, StudentConfig, config_from_dict, to_dict,
 )
 from pipeline.evaluate import GoldSetError
+from pipeline.cli import main
 from pipeline.jobs_api import job_client
+from pipeline.local_jobs import LocalJobs
 from pipeline.rounds import EXIT_AFTER_ENV, StepFailed, metrics_png, run_rounds, summary_table
 from tests.conftest import LABELS, task_dict
 from tests.test_distill import labelled_rows, tiny_student, write_gold, write_labelled  # noqa: F401
@@ -174,7 +176,7 @@ def test_a_promptmix_round_relabels_with_the_labelling_job_and_trains_on_its_lab
     config = rounds_config(output=rounds_config.uri("promptmix"), strategy="promptmix", rounds=1, mix_per_class=4,
                            mix_per_request=2, compare_without_relabelling=False)
     lines: list[str] = []
-    state = run_rounds(config, log=lines.append)
+    state = run_rounds(config, log=lines.append, client=LocalJobs(main))
 
     assert state["status"] == "finished" and state["stop_reason"] == "ran all 1 rounds", state.get("stop_reason")
     assert set(state["steps"]) == {"0/train", "1/mix", "1/filter", "1/relabel", "1/train"}
@@ -323,7 +325,7 @@ class FlakyJobs:
 
 
 def _runner(tmp_path, client, **rounds):
-    from pipeline.round_steps import RoundsLayout
+    from pipeline.rounds_layout import RoundsLayout
     from pipeline.rounds import Manifest, _Runner
 
     config = config_from_dict({
@@ -343,7 +345,7 @@ def test_jobs_api_errors_are_waited_out_and_only_a_missing_job_counts_as_lost(tm
     refused = ConnectionError("Connection refused")
     client = FlakyJobs({"a0": [unavailable, refused, "RUNNING", unavailable, "SUCCEEDED"]})
     runner, lines = _runner(tmp_path, client)
-    runner._step(0, "train", "python ray_jobs/distill.py")
+    runner.step(0, "train", "python ray_jobs/distill.py")
     assert len(client.submitted) == 1 and runner.manifest.step(0, "train")["status"] == "succeeded"
     assert sum("the Jobs API failed" in line for line in lines) == 3
     assert any("| [distill] progress of" in line for line in lines)  # the followed log's progress lines
@@ -353,7 +355,7 @@ def test_jobs_api_errors_are_waited_out_and_only_a_missing_job_counts_as_lost(tm
                                          "entrypoint": "python ray_jobs/label.py", "submitted_at": time.time()})
     client.script.update({"a0": [RuntimeError("Request failed with status code 404: Job x does not exist.")],
                           "a1": ["SUCCEEDED"]})
-    runner._step(0, "label", "python ray_jobs/label.py")
+    runner.step(0, "label", "python ray_jobs/label.py")
     assert client.submitted[-1].endswith("-r0-label-a1") and runner.manifest.step(0, "label")["attempt"] == 1
 
 
@@ -364,7 +366,7 @@ def test_a_submit_the_api_fails_is_tried_again_and_a_lost_answer_never_makes_a_s
         ConnectionError("Connection reset by peer (a lost answer)"),  # the job was created all the same
     ])
     runner, lines = _runner(tmp_path, client)
-    runner._step(0, "train", "python ray_jobs/distill.py")
+    runner.step(0, "train", "python ray_jobs/distill.py")
     assert len(client.submitted) == 1 and runner.manifest.step(0, "train")["status"] == "succeeded"
     assert sum("the Jobs API failed asking to submit" in line for line in lines) == 2
 
@@ -373,21 +375,21 @@ def test_a_submit_the_api_fails_is_tried_again_and_a_lost_answer_never_makes_a_s
         RuntimeError("Request failed with status code 400: runtime_env working_dir is too large")])
     runner, _ = _runner(tmp_path / "refused", client)
     with pytest.raises(RuntimeError, match="working_dir is too large"):
-        runner._step(0, "train", "python ray_jobs/distill.py")
+        runner.step(0, "train", "python ray_jobs/distill.py")
 
 
 def test_a_failed_step_is_submitted_again_then_fails_the_run_with_its_log(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "sleep", lambda _: None)
     client = FlakyJobs({"a0": ["FAILED"], "a1": ["FAILED"], "a2": ["SUCCEEDED"]})
     runner, lines = _runner(tmp_path, client, step_retries=2)
-    runner._step(0, "train", "python ray_jobs/distill.py")
+    runner.step(0, "train", "python ray_jobs/distill.py")
     assert [s[-2:] for s in client.submitted] == ["a0", "a1", "a2"]
     assert runner.manifest.step(0, "train")["status"] == "succeeded"
 
     client = FlakyJobs({"a0": ["FAILED"], "a1": ["FAILED"]})
     runner, lines = _runner(tmp_path / "again", client, step_retries=1)
     with pytest.raises(StepFailed, match=r"(?s)ended FAILED \(attempt 2 of 2\).*last line"):
-        runner._step(0, "train", "python ray_jobs/distill.py")
+        runner.step(0, "train", "python ray_jobs/distill.py")
     assert len(client.submitted) == 2 and runner.manifest.step(0, "train")["status"] == "failed"
 
     # A job still running when its step must be submitted again is stopped first.
@@ -395,13 +397,13 @@ def test_a_failed_step_is_submitted_again_then_fails_the_run_with_its_log(tmp_pa
     runner, _ = _runner(tmp_path / "third", client)
     runner.manifest.set_step(0, "train", {"status": "failed", "submission_id": "x-r0-train-a0", "attempt": 0,
                                          "entrypoint": "e", "submitted_at": time.time()})
-    runner._step(0, "train", "e")
+    runner.step(0, "train", "e")
     assert client.stopped == ["x-r0-train-a0"] and client.submitted[-1].endswith("a1")
 
 
 def test_overrides_for_the_jobs_keep_odd_paths_whole():
     from pipeline.config import apply_override
-    from pipeline.rounds import _override, _relabel_overrides
+    from pipeline.strategies.base import override as _override, relabel_overrides as _relabel_overrides
 
     odd = "s3://bucket/run: 1 #2/[x], 'y' \"z\""
     raw: dict = {}
@@ -413,9 +415,7 @@ def test_overrides_for_the_jobs_keep_odd_paths_whole():
 
 
 def test_local_jobs_run_a_step_in_this_process_and_answer_as_the_jobs_api_would(tmp_path):
-    from pipeline.local_jobs import LocalJobs
-
-    jobs = LocalJobs()
+    jobs = LocalJobs(main)
     missing = tmp_path / "missing.yaml"
     jobs.submit_job(entrypoint=f"python ray_jobs/distill.py {missing} --set distill.epochs=1", submission_id="j-a0",
                     runtime_env={"env_vars": {"RAYDISTILL_TEST_VAR": "1"}}, metadata={"step": "train"})
@@ -426,6 +426,6 @@ def test_local_jobs_run_a_step_in_this_process_and_answer_as_the_jobs_api_would(
     with pytest.raises(RuntimeError, match="already exists"):
         jobs.submit_job(entrypoint="python ray_jobs/distill.py x", submission_id="j-a0")
     with pytest.raises(RuntimeError, match="status code 404"):  # what a restarted orchestrator meets
-        LocalJobs().get_job_status("j-a0")
+        LocalJobs(main).get_job_status("j-a0")
     with pytest.raises(ValueError, match="ray_jobs/"):
         jobs.submit_job(entrypoint="bash -c 'rm -rf /'", submission_id="j-b0")

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ConfigError, config_from_dict, relative_paths, with_absolute_paths
-from pipeline.jobs_api import PROJECT_ROOT, entrypoint, parse_entrypoint
+from pipeline.entrypoints import entrypoint, parse_entrypoint
+from pipeline.jobs_api import PROJECT_ROOT
 from pipeline.submit import CONFIG_NAME, SMOKE_ROOT_ENV, refuse_relative_paths, smoke_root, stage
 from tests.conftest import VENV_BIN, task_dict
 
