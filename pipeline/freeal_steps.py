@@ -258,40 +258,115 @@ def _gold_accuracy(config: Config, texts: list[str], labels: list[str], clean: n
 
 
 def run_merge(config: Config, r: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Round r-1's labels with the rows round r's relabelling answered replaced (an abstention keeps the
+    old row), streamed: the relabelled rows are sorted by id hash into one lookup in Ray's object store,
+    and Ray Data maps the earlier labels through it, each task writing its own file. The driver holds
+    refs and the counts of label changes (as many as label pairs)."""
+    import collections
+
+    import ray
+    import ray.data
+
     started = time.time()
     layout = RoundsLayout.of(config)
     out = layout.round_dir(r, "labels")
     storage.delete_dir(layout.fs, layout.path(*out))
+    data_path = layout.path(*out, "data")
     fs, root = storage.resolve(labels_uri(config, r - 1), config.storage)
-    previous = storage.read_parquet(fs, storage.join(root, "data"))
-    answers = layout.path(*layout.round_dir(r, "relabelled"), "data")
-    relabelled = (storage.read_parquet(layout.fs, answers) if storage.list_files(layout.fs, answers, (".parquet",))
-                  else schemas.LABELLED.empty_table())
-    relabelled = relabelled.filter(pc.greater(relabelled.column("n_valid"), 0))  # an abstention keeps the old row
-    new = {row["id"]: row for row in relabelled.to_pylist()}
-    rows, changed, moves = [], 0, {}
-    for row in previous.to_pylist():
-        replacement = new.get(row["id"])
-        if replacement is not None:
-            if replacement["hard_label"] != row["hard_label"]:
-                changed += 1
-                move = f"{row['hard_label'] or 'abstained'} -> {replacement['hard_label']}"
-                moves[move] = moves.get(move, 0) + 1
-            row = replacement
-        rows.append(row)
-    table = pa.Table.from_pylist(rows, schema=schemas.LABELLED)
-    storage.write_parquet_atomic(layout.fs, layout.path(*out, "data", "part-0.parquet"), table)
+    previous = storage.list_files(fs, storage.join(root, "data"), (".parquet",))
+    answers = storage.list_files(layout.fs, layout.path(*layout.round_dir(r, "relabelled"), "data"), (".parquet",))
+    init_ray()
+    lookup, relabelled_rows = _relabel_lookup(layout.fs, answers)
+    rows, moves = 0, collections.Counter()
+    if previous:
+        summaries = ray.data.read_parquet(previous, filesystem=fs).map_batches(
+            _merge_batch, batch_format="pyarrow",
+            fn_kwargs={"lookup": lookup, "data_fs": layout.fs, "data_path": data_path})
+        for batch in summaries.iter_batches(batch_format="pyarrow", batch_size=None):
+            for move, n in zip(batch.column("move").to_pylist(), batch.column("n").to_pylist()):
+                if move is None:
+                    rows += n
+                else:
+                    moves[move] += n
+    else:
+        storage.write_parquet_atomic(layout.fs, storage.join(data_path, "part-0.parquet"), schemas.LABELLED.empty_table())
+    del lookup
     storage.write_json(layout.fs, layout.path(*out, "manifest.json"), {"labels": config.task.label_names,
                                                                        "freeal_merge": r})
+    changed = sum(moves.values())
     report = {
         "step": "merge",
         "round": r,
-        "rows": table.num_rows,
-        "relabelled_rows": len(new),
+        "rows": rows,
+        "relabelled_rows": relabelled_rows,
         "labels_changed": changed,
         "changes": dict(sorted(moves.items())),
         "wall_seconds": round(time.time() - started, 2),
     }
     storage.write_json(layout.fs, layout.path(*layout.round_dir(r, "merge.json")), report)
-    log(f"[freeal] round {r}: relabelling changed {changed} of {table.num_rows} labels")
+    log(f"[freeal] round {r}: relabelling changed {changed} of {rows} labels")
     return report
+
+
+def _relabel_lookup(fs: Any, files: list[str]) -> tuple[Optional[Any], int]:
+    """The relabelled rows that name a label, as ``(IdIndex, rows in the index's order)`` in the object
+    store (its ref, or None when there are none), and their count. Read by Ray tasks, sorted in one."""
+    import ray
+
+    from pipeline.cluster import map_files
+
+    refs = map_files(fs, files, _answered_rows)
+    if not refs:
+        return None, 0
+    lookup, count = ray.remote(num_returns=2)(_sorted_lookup).remote(*refs)
+    count = ray.get(count)
+    return (lookup if count else None), count
+
+
+def _answered_rows(fs: Any, files: list[str]) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(f, filesystem=fs, schema=schemas.LABELLED) for f in files]
+    table = pa.concat_tables(tables) if tables else schemas.LABELLED.empty_table()
+    return table.filter(pc.greater(table.column("n_valid"), 0))  # an abstention keeps the old row
+
+
+def _sorted_lookup(*tables: pa.Table) -> tuple[Any, int]:
+    from pipeline import idindex
+
+    table = pa.concat_tables(tables)
+    hashes = idindex.hash_ids(table.column("id"))
+    order = np.argsort(hashes, kind="stable")
+    rows = table.take(pa.array(order)).combine_chunks()
+    index = idindex.IdIndex(hashes[order], rows.column("id").cast(pa.large_string()).combine_chunks())
+    return (index, rows), table.num_rows
+
+
+def _merge_batch(batch: pa.Table, lookup: Optional[Any], data_fs: Any, data_path: str) -> pa.Table:
+    """One block of the earlier labels, relabelled rows replaced, committed under a name made of its ids;
+    returns its counts: a row with ``move`` null and the rows written, and one per label change."""
+    import collections
+
+    from pipeline.committed import shard_name
+    from pipeline.idindex import Loaded
+
+    batch = batch.cast(schemas.LABELLED)
+    moves: collections.Counter[str] = collections.Counter()
+    if lookup is not None and batch.num_rows:
+        index, rows = Loaded.get(lookup)
+        at = index.positions(batch.column("id"))
+        hit = np.nonzero(at >= 0)[0]
+        if len(hit):
+            new = rows.take(pa.array(at[hit]))
+            for old, label in zip(batch.column("hard_label").take(pa.array(hit)).to_pylist(),
+                                  new.column("hard_label").to_pylist()):
+                if old != label:
+                    moves[f"{old or 'abstained'} -> {label}"] += 1
+            order = np.arange(batch.num_rows)
+            order[hit] = batch.num_rows + np.arange(len(hit))
+            batch = pa.concat_tables([batch, new]).take(pa.array(order))
+    if batch.num_rows:
+        name = shard_name(batch.column("id").to_pylist())
+        storage.write_parquet_atomic(data_fs, storage.join(data_path, name), batch)
+    return pa.table({"move": pa.array([None, *moves], pa.string()),
+                     "n": pa.array([batch.num_rows, *moves.values()], pa.int64())})

@@ -47,9 +47,13 @@ class IdIndex:
 
         ``hashes``: the ids' :func:`hash_ids`, where the caller has them already.
         """
+        return self.positions(ids, hashes) >= 0
+
+    def positions(self, ids: pa.Array | pa.ChunkedArray, hashes: Optional[np.ndarray] = None) -> np.ndarray:
+        """For each of ``ids`` (no nulls), its position in the index, or -1: an ``int64`` array."""
         if isinstance(ids, pa.ChunkedArray):
             ids = ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
-        found = np.zeros(len(ids), dtype=bool)
+        found = np.full(len(ids), -1, dtype=np.int64)
         if len(self) == 0 or len(ids) == 0:
             return found
         wanted = hash_ids(ids) if hashes is None else hashes
@@ -60,12 +64,12 @@ class IdIndex:
             return found
         ids = ids.cast(pa.large_string())
         same = pc.equal(ids.take(pa.array(hit)), self.ids.take(pa.array(at[hit]))).to_numpy(zero_copy_only=False)
-        found[hit[same]] = True
+        found[hit[same]] = at[hit[same]]
         for row in hit[~same]:  # a hash shared by other ids: compare along its run
             position = at[row] + 1
             while position < len(self) and self.hashes[position] == wanted[row]:
                 if self.ids[position].as_py() == ids[row].as_py():
-                    found[row] = True
+                    found[row] = position
                     break
                 position += 1
         return found

@@ -53,7 +53,7 @@ def test_nearest_demos_by_cosine_similarity():
     assert nearest_demos(queries, demos, 5).shape == (2, 3)
 
 
-def test_merge_replaces_relabelled_rows_and_keeps_abstentions_old(tmp_path, make_config):
+def test_merge_replaces_relabelled_rows_and_keeps_abstentions_old(tmp_path, make_config, ray_cluster):
     import dataclasses
     import json
 
@@ -84,9 +84,55 @@ def test_merge_replaces_relabelled_rows_and_keeps_abstentions_old(tmp_path, make
 
     report = run_merge(config, 1, log=lambda _: None)
 
-    merged = pq.read_table(tmp_path / "rounds/1/labels/data").to_pylist()
+    merged = pq.read_table(tmp_path / "rounds/1/labels/data").sort_by("id").to_pylist()
     assert [(r["id"], r["hard_label"]) for r in merged] == [
         ("a", "positive"), ("b", "neutral"), ("c", "negative"), ("d", "positive")]  # d: the new answer abstained
     assert report["labels_changed"] == 2 and report["relabelled_rows"] == 3 and report["rows"] == 4
     assert report["changes"] == {"abstained -> negative": 1, "negative -> positive": 1}
     assert json.loads((tmp_path / "rounds/1/labels/manifest.json").read_text())["labels"] == base.task.label_names
+
+
+def test_merge_over_many_files_keeps_every_id_once_and_counts_each_change(tmp_path, make_config, ray_cluster):
+    """The streamed merge against a plain dictionary merge: 600 labels in 3 files, 250 answers in 2."""
+    import collections
+    import dataclasses
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import schemas
+    from pipeline.config import DistillConfig, RoundsConfig, StudentConfig
+    from pipeline.freeal_steps import run_merge
+
+    base = make_config("in", "out")
+    config = dataclasses.replace(base, student=StudentConfig(model="s"),
+                                 distill=DistillConfig(output="d", validation="v"),
+                                 rounds=RoundsConfig(output=str(tmp_path), strategy="freeal"))
+    rng, labels = random.Random(3), base.task.label_names
+
+    def row(row_id, label):
+        return {"id": row_id, "text": f"t{row_id}", "votes": [label or "<abstain>"], "hard_label": label,
+                "soft_label": None, "consistency": 1.0, "n_valid": 1 if label else 0, "rationale": None,
+                "prompt_tokens": 1, "completion_tokens": 1, "truncated": False, "teacher_model": "t",
+                "prompt_hash": "h"}
+
+    old = {f"r{i}": rng.choice([*labels, None]) for i in range(600)}
+    answers = {row_id: rng.choice([*labels, None]) for row_id in rng.sample(sorted(old), 250)}
+    for folder, table, parts in (("rounds/0/labels/data", old, 3), ("rounds/1/relabelled/data", answers, 2)):
+        (tmp_path / folder).mkdir(parents=True)
+        ids = sorted(table)
+        for k in range(parts):
+            pq.write_table(pa.Table.from_pylist([row(i, table[i]) for i in ids[k::parts]], schema=schemas.LABELLED),
+                           tmp_path / folder / f"part-{k}.parquet")
+
+    report = run_merge(config, 1, log=lambda _: None)
+
+    expected = {i: (answers[i] if answers.get(i) else label) for i, label in old.items()}
+    merged = pq.read_table(tmp_path / "rounds/1/labels/data")
+    assert sorted(merged.column("id").to_pylist()) == sorted(old)  # every id once
+    assert dict(zip(merged.column("id").to_pylist(), merged.column("hard_label").to_pylist())) == expected
+    moves = collections.Counter(f"{old[i] or 'abstained'} -> {answers[i]}" for i in answers
+                                if answers[i] and answers[i] != old[i])
+    assert report["changes"] == dict(sorted(moves.items())) and report["labels_changed"] == sum(moves.values())
+    assert report["rows"] == 600 and report["relabelled_rows"] == sum(1 for a in answers.values() if a)
