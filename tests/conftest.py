@@ -126,26 +126,37 @@ def ray_head(tmp_path_factory):
     """A Ray head with the Jobs API, started the README's way (`.venv/bin/ray start --head`, the virtualenv
     not on PATH: a job's bare `python` is not the project's). Yields its address."""
     temp = tmp_path_factory.mktemp("ray-head")
-    port, dashboard = _free_port(), _free_port()
-    # Every port of its own, so it can run beside other Ray instances on the machine.
-    ports = [f"--{name}={_free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
-        "node-manager-port", "object-manager-port", "ray-client-server-port")]
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != VENV_BIN)
     env = {**os.environ, "PATH": path, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("VIRTUAL_ENV", None)
+    port = dashboard = 0
     try:
-        started = subprocess.run(
-            [str(VENV_BIN / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
-             "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4", f"--temp-dir={temp}",
-             "--disable-usage-stats", *ports],
-            env=env, capture_output=True, text=True,
-        )
+        # A head starting while the other test process starts its engines can miss Ray's start-up deadline
+        # (measured in CI: "Failed to get node info: Deadline Exceeded"); it is started again, on new ports.
+        for _ in range(3):
+            port, dashboard = _free_port(), _free_port()
+            # Every port of its own, so it can run beside other Ray instances on the machine.
+            ports = [f"--{name}={_free_port()}" for name in (
+                "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                "runtime-env-agent-port", "node-manager-port", "object-manager-port", "ray-client-server-port")]
+            started = subprocess.run(
+                [str(VENV_BIN / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
+                 "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4", f"--temp-dir={temp}",
+                 "--disable-usage-stats", *ports],
+                env=env, capture_output=True, text=True,
+            )
+            if started.returncode == 0:
+                break
+            _stop_head(temp, port)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         yield f"http://127.0.0.1:{dashboard}"
     finally:
-        # Stop only this head's processes: `ray stop` would also stop other Ray instances.
-        for signal in ("-TERM", "-KILL"):  # Ray's processes may ignore SIGTERM while shutting down
-            subprocess.run(["pkill", signal, "-f", "--", str(temp)], check=False)
-            subprocess.run(["pkill", signal, "-f", "--", f"gcs-address=[0-9.]*:{port}"], check=False)
-            time.sleep(3)
+        _stop_head(temp, port)
+
+
+def _stop_head(temp: Path, port: int) -> None:
+    """Stop only this head's processes: `ray stop` would also stop other Ray instances."""
+    for signal in ("-TERM", "-KILL"):  # Ray's processes may ignore SIGTERM while shutting down
+        subprocess.run(["pkill", signal, "-f", "--", str(temp)], check=False)
+        subprocess.run(["pkill", signal, "-f", "--", f"gcs-address=[0-9.]*:{port}"], check=False)
+        time.sleep(3)
