@@ -66,6 +66,11 @@ def job_client(address: Optional[str], api_timeout_s: float = 600.0) -> Any:
             wait = min(wait * 2, 30.0)
 
 
+def address_of(client: Any) -> str:
+    """The Jobs API address a client talks to (``local`` for :class:`pipeline.local_jobs.LocalJobs`)."""
+    return getattr(client, "_address", "?")
+
+
 def use_ray_auth_token() -> None:
     """Send Ray's auth token when one exists (``ray start`` enables token auth once a token is
     there), as the ``ray job`` CLI does; RAY_AUTH_MODE set by the user wins."""

@@ -40,7 +40,7 @@ from typing import Any, Callable, Optional
 
 from pipeline import model_store, storage, strategies
 from pipeline.entrypoints import entrypoint
-from pipeline.jobs_api import PROJECT_ROOT, JobsApiError, job_client, job_env
+from pipeline.jobs_api import PROJECT_ROOT, JobsApiError, address_of, job_client, job_env
 from pipeline.config import Config, ConfigError, dump_config, with_absolute_paths
 from pipeline.evaluate import load_gold
 from pipeline.round_steps import validation_errors
@@ -221,7 +221,7 @@ class _Runner:
         state = self.manifest.state
         state["status"] = "running"
         self.manifest.save()
-        self.log(f"[rounds] run {state['run_id']} in {self.layout.uri}, Jobs API at {_address(self.client)}")
+        self.log(f"[rounds] run {state['run_id']} in {self.layout.uri}, Jobs API at {address_of(self.client)}")
         try:
             stop = self.strategy.run(self)
         except StepFailed:
@@ -387,7 +387,7 @@ class _Runner:
                 if _refused(err):  # the request itself is wrong: asking again gets the same answer
                     raise
                 if time.time() > deadline:
-                    raise JobsApiError(f"the Jobs API at {_address(self.client)} failed for "
+                    raise JobsApiError(f"the Jobs API at {address_of(self.client)} failed for "
                                        f"{self.rounds.api_timeout_s:.0f}s while asking {what}: {err}") from err
                 self.log(f"[rounds] the Jobs API failed asking {what} ({str(err)[:200]}); retrying in {wait:.0f}s")
                 time.sleep(wait)
@@ -427,10 +427,6 @@ def _exit_if_asked(point: str) -> None:
     """Test hook: $RAYDISTILL_ROUNDS_EXIT_AFTER=<round>/<step>[:submitted] dies like a killed process there."""
     if os.environ.get(EXIT_AFTER_ENV) == point:
         os._exit(75)
-
-
-def _address(client: Any) -> str:
-    return getattr(client, "_address", "?")
 
 
 def summary_table(state: dict[str, Any], metric: str) -> str:

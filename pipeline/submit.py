@@ -33,7 +33,7 @@ from typing import Any
 
 from pipeline.config import Config, ConfigError, dump_config, load_config, relative_paths, with_absolute_paths
 from pipeline.entrypoints import entrypoint
-from pipeline.jobs_api import PROJECT_ROOT, job_client, job_env
+from pipeline.jobs_api import PROJECT_ROOT, address_of, job_client, job_env
 
 # raydistill command -> its entry point in ray_jobs/
 JOBS = {"label": "label.py", "distill": "distill.py", "rounds": "rounds.py"}
@@ -69,7 +69,7 @@ def submit_main(argv: list[str] | None = None) -> int:
                          "env_vars": job_env(config.storage.endpoint_url, {SMOKE_ROOT_ENV: smoke_root})},
             metadata={"raydistill_job": args.job, "config": str(args.config)},
         )
-    address = _address(client)
+    address = address_of(client)
     # The `ray job` CLI sends Ray's token only when told to (RAY_AUTH_MODE=token).
     auth = "RAY_AUTH_MODE=token " if (os.environ.get("RAY_AUTH_TOKEN") or
                                       (Path.home() / ".ray" / "auth_token").exists()) else ""
@@ -144,7 +144,3 @@ def smoke_root() -> Path:
             f"--smoke: its outputs would go to runs/smoke inside this job's temporary working directory; set "
             f"{SMOKE_ROOT_ENV} to an absolute path in the job's env_vars, or submit with `raydistill submit`")
     return Path("runs/smoke")
-
-
-def _address(client: Any) -> str:
-    return getattr(client, "_address", "?")
