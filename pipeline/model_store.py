@@ -106,12 +106,13 @@ def fetch(model_dir: str, storage_config: Any, into: str, attempts: int = 10, wa
     fs, path = storage.resolve(model_dir, storage_config)
     problems = []
     for attempt in range(attempts):
+        if attempt:
+            time.sleep(wait_s)  # a swap in progress: the model is whole again in a moment
         for candidate in (path, path + NEXT):
             local, problem = _whole(fs, candidate, into)
             if problem is None:
                 return local
             problems.append(problem)
-        time.sleep(wait_s)  # a swap in progress: the model is whole again in a moment
     raise ModelUnavailable(f"no whole model at {model_dir}: {problems[-2]}; {problems[-1]}")
 
 
@@ -156,7 +157,7 @@ def _copy(src_fs: Any, src: str, dst_fs: Any, dst: str) -> None:
             dst_fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
         pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
 
-    storage.retrying(copy, f"copying {src} to {dst}") if not isinstance(dst_fs, pafs.LocalFileSystem) else copy()
+    storage.retried(dst_fs, copy, f"copying {src} to {dst}")
 
 
 def _sha256(path: Path) -> str:

@@ -52,7 +52,7 @@ def join(path: str, *parts: str) -> str:
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:
-    return _read(fs, lambda: fs.get_file_info(path).type != pafs.FileType.NotFound, f"looking for {path}")
+    return retried(fs, lambda: fs.get_file_info(path).type != pafs.FileType.NotFound, f"looking for {path}")
 
 
 def list_files(fs: pafs.FileSystem, path: str, suffixes: Iterable[str] = ()) -> list[str]:
@@ -60,13 +60,13 @@ def list_files(fs: pafs.FileSystem, path: str, suffixes: Iterable[str] = ()) -> 
 
     Names starting with ``_`` or ``.`` (markers, temporary files) are skipped.
     """
-    info = _read(fs, lambda: fs.get_file_info(path), f"looking for {path}")
+    info = retried(fs, lambda: fs.get_file_info(path), f"looking for {path}")
     if info.type == pafs.FileType.File:
         return [path]
     if info.type == pafs.FileType.NotFound:
         return []
     suffixes = tuple(suffixes)
-    found = _read(fs, lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True)), f"listing {path}")
+    found = retried(fs, lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True)), f"listing {path}")
     files = []
     for entry in found:
         relative = entry.path[len(path):].lstrip("/")
@@ -135,7 +135,7 @@ def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> Non
 def read_parquet(fs: pafs.FileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
     """All parquet files under ``path`` (a file or a folder) as one table."""
     files = list_files(fs, path, (".parquet",))
-    tables = [_read(fs, lambda f=f: pq.read_table(f, filesystem=fs, columns=columns), f"reading {f}") for f in files]
+    tables = [retried(fs, lambda f=f: pq.read_table(f, filesystem=fs, columns=columns), f"reading {f}") for f in files]
     if not tables:
         raise FileNotFoundError(f"no parquet files under {path}")
     return pa.concat_tables(tables, promote_options="default")
@@ -150,13 +150,14 @@ def read_json(fs: pafs.FileSystem, path: str) -> Any:
         with fs.open_input_stream(path) as stream:
             return json.loads(stream.read().decode("utf-8"))
 
-    return _read(fs, read, f"reading {path}")
+    return retried(fs, read, f"reading {path}")
 
 
-def _read(fs: pafs.FileSystem, operation: Any, what: str) -> Any:
-    """An S3 call other than a commit, tried again as a whole: after a connection cut while a body
-    streams in (which the S3 client does not retry), or once the client's retry quota is spent (AWS's
-    standard strategy stops retrying after a burst of errors). Local calls run once."""
+def retried(fs: pafs.FileSystem, operation: Any, what: str) -> Any:
+    """``operation()`` on ``fs``, tried again as a whole on S3 (:func:`retrying`): after a connection cut
+    while a body streams in (which the S3 client does not retry), or once the client's retry quota is
+    spent (AWS's standard strategy stops retrying after a burst of errors). Reads, lookups, deletes and
+    copies; local calls run once."""
     if isinstance(fs, pafs.LocalFileSystem):
         return operation()
     return retrying(operation, what)
@@ -165,7 +166,7 @@ def _read(fs: pafs.FileSystem, operation: Any, what: str) -> Any:
 def delete_file(fs: pafs.FileSystem, path: str) -> None:
     """Delete ``path``; a file that is not there is no error."""
     try:
-        _read(fs, lambda: fs.delete_file(path), f"deleting {path}")
+        retried(fs, lambda: fs.delete_file(path), f"deleting {path}")
     except FileNotFoundError:
         pass
 
