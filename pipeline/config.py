@@ -219,19 +219,13 @@ MODEL_KEYS = ("teacher.model", "student.model")
 def relative_paths(config: Config) -> list[tuple[str, str]]:
     """``(key, value)`` of every relative local path in ``config`` (resolved against the current
     directory by the jobs)."""
-    found = []
-    for key, value, _ in _path_values(config):
-        if not value.startswith("s3://") and not os.path.isabs(value):
-            found.append((key, value))
-    return found
+    return [(key, value) for key, value, _ in _relative_paths(config)]
 
 
 def with_absolute_paths(config: Config, base: Path) -> Config:
     """``config`` with every relative local path made absolute against ``base``."""
     replaced: dict[str, dict[str, Any]] = {}
-    for key, value, index in _path_values(config):
-        if value.startswith("s3://") or os.path.isabs(value):
-            continue
+    for key, value, index in _relative_paths(config):
         section, name = key.split(".")
         absolute = str((base / value).resolve())
         fields = replaced.setdefault(section, {})
@@ -245,18 +239,18 @@ def with_absolute_paths(config: Config, base: Path) -> Config:
     return config
 
 
-def _path_values(config: Config) -> list[tuple[str, str, Optional[int]]]:
-    """``(key, value, list index or None)`` of the paths in ``config`` (see PATH_KEYS)."""
+def _relative_paths(config: Config) -> list[tuple[str, str, Optional[int]]]:
+    """``(key, value, list index or None)`` of the relative local paths in ``config`` (see PATH_KEYS)."""
     values = []
     for key in (*PATH_KEYS, *MODEL_KEYS):
         section, name = key.split(".")
         value = getattr(getattr(config, section), name, None) if getattr(config, section) is not None else None
         if key in MODEL_KEYS and (value is None or not os.path.isdir(value)):
             continue
-        if isinstance(value, str):
-            values.append((key, value, None))
-        elif isinstance(value, list):
-            values.extend((key, item, i) for i, item in enumerate(value))
+        items = value if isinstance(value, list) else [value] if isinstance(value, str) else []
+        for index, item in enumerate(items):
+            if not item.startswith("s3://") and not os.path.isabs(item):
+                values.append((key, item, index if isinstance(value, list) else None))
     return values
 
 
