@@ -335,11 +335,8 @@ def _sorted_lookup(*tables: pa.Table) -> tuple[Any, int]:
     from pipeline import idindex
 
     table = pa.concat_tables(tables)
-    hashes = idindex.hash_ids(table.column("id"))
-    order = np.argsort(hashes, kind="stable")
-    rows = table.take(pa.array(order)).combine_chunks()
-    index = idindex.IdIndex(hashes[order], rows.column("id").cast(pa.large_string()).combine_chunks())
-    return (index, rows), table.num_rows
+    index, order = idindex.sorted_by_hash(table.column("id"), idindex.hash_ids(table.column("id")))
+    return (index, table.take(pa.array(order)).combine_chunks()), table.num_rows
 
 
 def _merge_batch(batch: pa.Table, lookup: Optional[Any], data_fs: Any, data_path: str) -> pa.Table:

@@ -89,10 +89,15 @@ def merge(*tables: pa.Table) -> tuple[IdIndex, dict[str, Any]]:
     """
     table = pa.concat_tables(tables) if tables else pa.table({"hash": pa.array([], pa.uint64()),
                                                                "id": pa.array([], pa.large_string())})
-    hashes = table.column("hash").to_numpy()
-    order = np.argsort(hashes, kind="stable")
-    index = IdIndex(hashes[order], table.column("id").take(pa.array(order)).combine_chunks())
+    index, _ = sorted_by_hash(table.column("id"), table.column("hash").to_numpy())
     return index, {"rows": len(index), "repeated": repeated_ids(index)}
+
+
+def sorted_by_hash(ids: pa.ChunkedArray, hashes: np.ndarray) -> tuple[IdIndex, np.ndarray]:
+    """The :class:`IdIndex` of ``ids`` (their :func:`hash_ids` given) and the order it put them in, so
+    that rows kept beside the ids can be taken in the same order."""
+    order = np.argsort(hashes, kind="stable")
+    return IdIndex(hashes[order], ids.cast(pa.large_string()).take(pa.array(order)).combine_chunks()), order
 
 
 def repeated_ids(index: IdIndex) -> dict[str, int]:
