@@ -168,7 +168,8 @@ def _merged_summary(*tables: pa.Table) -> dict[str, Any]:
 
 
 class Loaded:
-    """The indexes this worker process has fetched, by ``ObjectRef``: each is fetched once.
+    """The indexes (or lookups holding one, as FreeAL's merge) this worker process has fetched, by
+    ``ObjectRef``: each is fetched once.
 
     ``loads`` counts fetches, so a test can check that a lookup is never
     rebuilt per batch.
