@@ -67,6 +67,7 @@ def _run_distill(config: Config, smoke: bool, log: Callable[[str], None], held: 
     labels_uri = distill.labels or config.data.output
 
     # Everything checkable is checked before any worker starts.
+    _check_student(student.model)
     gold = {
         name: load_gold(uri, label_names, f"distill.{name}", config.storage)
         for name, uri in (("validation", distill.validation), ("test", distill.test))
@@ -155,6 +156,17 @@ def _run_distill(config: Config, smoke: bool, log: Callable[[str], None], held: 
     }
     storage.write_json(out_fs, storage.join(out_root, "report.json"), report)
     return report
+
+
+def _check_student(model: str) -> None:
+    """The student's config must load here first: a wrong name or path would otherwise fail each of the
+    workers' restarts (``distill.max_failures``) in turn, minutes later."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"student.model: {model} cannot be loaded: {err}") from err
 
 
 def _require(section: Any, name: str) -> Any:

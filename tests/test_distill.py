@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import model_store
 from pipeline.config import ConfigError, DistillConfig, StudentConfig
 from pipeline.distill import LabelDataError, holdout_mask, run_distill
 from pipeline.evaluate import GoldSetError
@@ -159,9 +161,20 @@ def test_rgr_training_with_a_teacher_holdout_learns_exports_predicts_and_resumes
     second = run_distill(distill_config(mode="rgr", num_workers=1, validation=None, epochs=7), log=lambda _: None)
     assert len(second["history"]) == 7 and second["history"][:6] == first["history"]
     assert first["time"]["epochs_this_run"] == 6 and second["time"]["epochs_this_run"] == 1
-    # The model was exported anew: its predictions must not join those of the first model.
+    # The model was exported anew. Its fingerprint is its files' hashes: the same best epoch gives the same
+    # weights, whose predictions may join the first model's; other weights' must not.
+    if second["best_epoch"] == first["best_epoch"]:
+        assert run_predict(str(model_dir), str(corpus), str(output), log=lambda _: None)["rows"]["already_done"] == 89
+    else:
+        with pytest.raises(ConfigError, match="made with a different model_fingerprint"):
+            run_predict(str(model_dir), str(corpus), str(output), log=lambda _: None)
+    other = tmp_path / "other_model"  # a model that differs in one file, whichever epoch won
+    shutil.copytree(model_dir, other)
+    meta = json.loads((other / model_store.META).read_text())
+    (other / "config.json").write_text((other / "config.json").read_text() + "\n")
+    model_store.seal(other, {k: v for k, v in meta.items() if k != "files"})
     with pytest.raises(ConfigError, match="made with a different model_fingerprint"):
-        run_predict(str(model_dir), str(corpus), str(output), log=lambda _: None)
+        run_predict(str(other), str(corpus), str(output), log=lambda _: None)
 
 
 def _check_learned(report: dict, mode: str, tmp_path: Path, train_rows: int, sets: set[str]) -> None:
@@ -219,3 +232,12 @@ def test_labels_in_another_order_are_an_error(distill_config, tmp_path):
     (tmp_path / "labels" / "manifest.json").write_text(json.dumps({"labels": ["positive", "neutral", "negative"]}))
     with pytest.raises(LabelDataError, match="was labelled with labels"):
         run_distill(distill_config(), log=lambda _: None)
+
+
+def test_a_student_that_cannot_load_fails_before_any_worker_starts(distill_config, tmp_path):
+    config = distill_config()
+    missing = tmp_path / "no-such-student"
+    config = dataclasses.replace(config, student=dataclasses.replace(config.student, model=str(missing)))
+    with pytest.raises(ConfigError, match=f"student.model: {missing} cannot be loaded"):
+        run_distill(config, log=lambda _: None)
+    assert not (tmp_path / "run").exists()
