@@ -98,7 +98,7 @@ def _run_distill(config: Config, smoke: bool, log: Callable[[str], None], held: 
     )
 
     init_ray()
-    train = _train_dataset(sources, label_names, threshold, holdout=not gold.get("validation"))
+    train = _train_dataset(sources, label_names, threshold, holdout=not gold.get("validation"), seed=distill.seed)
     train_started = time.time()
     run_id = uuid.uuid4().hex
     result = _fit(config, train, scan["train_rows"], gold.get("validation"), out_fs, out_root, run_id)
@@ -300,7 +300,7 @@ def _train_rows(batch: pa.Table, label_names: list[str], threshold: float, holdo
     }
 
 
-def _train_dataset(sources: list[LabelSource], label_names, threshold, holdout) -> Any:
+def _train_dataset(sources: list[LabelSource], label_names, threshold, holdout, seed: int) -> Any:
     import ray.data
 
     parts = [ray.data.read_parquet(s.files, filesystem=s.fs).select_columns(TRAIN_COLUMNS) for s in sources]
@@ -312,7 +312,8 @@ def _train_dataset(sources: list[LabelSource], label_names, threshold, holdout) 
     )
     # Materialised before training: the train workers hold the cluster's CPUs. A plain task (no
     # tokenizer to load, no actor to start): the rows are filtered here and tokenised by the workers.
-    return kept.materialize()
+    # Its blocks go in a seeded random order (the workers also shuffle rows within a buffer each epoch).
+    return kept.materialize().randomize_block_order(seed=seed)
 
 
 def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root: str, run_id: str) -> Any:
