@@ -8,7 +8,7 @@ DDP), each round runs
 
 1. ``run_distill`` on the round's teacher labels: the warm-up student. Round
    0's warm-up is the baseline "raw teacher labels";
-2. ``pipeline.freeal_steps.run_select``: the warm-up student's loss per row,
+2. ``pipeline.freeal_select.run_select``: the warm-up student's loss per row,
    the small-loss split per class (``--split``), confident pseudo-labels for
    noisy rows, and for every noisy row its nearest diverse clean demos;
 3. ``run_distill`` on that selection: the round's student;
@@ -48,7 +48,8 @@ from rounds_quality import Round0
 
 from pipeline import storage
 from pipeline.config import ABSTAIN
-from pipeline.freeal_steps import run_merge, run_select
+from pipeline.freeal_select import run_select
+from pipeline.freeal_steps import run_merge
 from pipeline.rounds_layout import RoundsLayout, labels_uri, selection_uri, student_uri, warmup_uri
 
 REPO = Path(__file__).resolve().parents[1]

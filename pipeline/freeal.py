@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -52,27 +52,104 @@ def small_loss_split(
     return clean
 
 
-def _low_component(x: np.ndarray, iterations: int = 100) -> np.ndarray:
-    """EM for a 2-component 1-D Gaussian mixture; True where the low-mean component is likelier."""
-    mean = np.array([x.min(), x.max()])
-    var = np.full(2, max(x.var(), 1e-6))
+def _low_component(x: np.ndarray) -> np.ndarray:
+    """True where the low-mean component of a 2-component mixture fitted to ``x`` is likelier."""
+    return low_component_mask(x, fit_mixture(x))
+
+
+def fit_mixture(
+    x: np.ndarray, weights: Optional[np.ndarray] = None, start: Optional[tuple[float, float, float]] = None,
+    iterations: int = 100,
+) -> dict[str, list[float]]:
+    """EM for a 2-component 1-D Gaussian mixture over ``x`` (each point counted ``weights`` times).
+
+    It starts from the means ``min`` and ``max`` and both variances ``var`` of the data, given as
+    ``start = (min, max, var)`` when ``x`` is a histogram's bin centres rather than the data itself.
+    Returns ``{"mean", "var", "weight"}``, two values each.
+    """
+    x = np.asarray(x, dtype=float)
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
+    if start is None:
+        start = (x.min(), x.max(), float(np.average((x - np.average(x, weights=w)) ** 2, weights=w)))
+    mean = np.array(start[:2], dtype=float)
+    var = np.full(2, max(start[2], 1e-6))
     weight = np.array([0.5, 0.5])
     for _ in range(iterations):
-        log_p = (np.log(weight) - 0.5 * np.log(2 * np.pi * var)
-                 - 0.5 * (x[:, None] - mean) ** 2 / var)
-        log_p -= log_p.max(axis=1, keepdims=True)
-        resp = np.exp(log_p)
-        resp /= resp.sum(axis=1, keepdims=True)
-        total = resp.sum(axis=0) + 1e-12
-        new_mean = (resp * x[:, None]).sum(axis=0) / total
-        var = np.maximum((resp * (x[:, None] - new_mean) ** 2).sum(axis=0) / total, 1e-6)
+        resp = _responsibilities(x, mean, var, weight)
+        total = (resp * w[:, None]).sum(axis=0) + 1e-12
+        new_mean = (resp * (w * x)[:, None]).sum(axis=0) / total
+        var = np.maximum((resp * w[:, None] * (x[:, None] - new_mean) ** 2).sum(axis=0) / total, 1e-6)
         weight = total / total.sum()
         if np.allclose(new_mean, mean, atol=1e-9):
             mean = new_mean
             break
         mean = new_mean
-    low = int(np.argmin(mean))
-    return resp[:, low] > 0.5
+    return {"mean": mean.tolist(), "var": var.tolist(), "weight": weight.tolist()}
+
+
+def low_component_mask(x: np.ndarray, mixture: dict[str, list[float]]) -> np.ndarray:
+    """True where the mixture's low-mean component has the higher posterior (above 0.5)."""
+    mean = np.asarray(mixture["mean"])
+    resp = _responsibilities(np.asarray(x, dtype=float), mean, np.asarray(mixture["var"]),
+                             np.asarray(mixture["weight"]))
+    return resp[:, int(np.argmin(mean))] > 0.5
+
+
+def _responsibilities(x: np.ndarray, mean: np.ndarray, var: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    log_p = np.log(weight) - 0.5 * np.log(2 * np.pi * var) - 0.5 * (x[:, None] - mean) ** 2 / var
+    log_p -= log_p.max(axis=1, keepdims=True)
+    resp = np.exp(log_p)
+    return resp / resp.sum(axis=1, keepdims=True)
+
+
+# -- the same split over data too large for one process -------------------------------------------
+#
+# A row's order key is its loss's float32 bits, made to sort as unsigned integers, above 32 bits of a
+# hash of its id: keys sort rows by loss, ties in a fixed, position-free order. The rows of a class
+# up to its k-th key are its k lowest-loss rows; that key is found by counting the keys' 16-bit
+# digits, most significant first, over as many passes as it takes (two for distinct losses).
+
+DIGIT_BITS = 16
+TOP_SHIFT = 64 - DIGIT_BITS
+
+
+def sortable_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values as uint32 that sort as the floats do (-0.0 as 0.0)."""
+    bits = (np.asarray(values, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
+    negative = (bits >> np.uint32(31)).astype(bool)
+    return np.where(negative, ~bits, bits | np.uint32(0x80000000)).astype(np.uint32)
+
+
+def from_sortable_bits(bits: np.ndarray) -> np.ndarray:
+    bits = np.asarray(bits, dtype=np.uint32)
+    positive = (bits >> np.uint32(31)).astype(bool)
+    return np.where(positive, bits & np.uint32(0x7FFFFFFF), ~bits).astype(np.uint32).view(np.float32)
+
+
+def order_keys(losses: np.ndarray, id_hashes: np.ndarray) -> np.ndarray:
+    """uint64 keys: the loss's sortable bits, then the low 32 bits of the id's hash."""
+    return ((sortable_bits(losses).astype(np.uint64) << np.uint64(32))
+            | (np.asarray(id_hashes, dtype=np.uint64) & np.uint64(0xFFFFFFFF)))
+
+
+def next_digit(prefix: int, need: int, shift: int, digits: np.ndarray, counts: np.ndarray) -> tuple[int, int, bool]:
+    """One step of the k-th key search. Rows whose key starts with ``prefix`` (the bits above ``shift``
+    + 16) have these ``digits`` (bits ``shift`` .. ``shift`` + 15) with these ``counts``; the wanted key is
+    the ``need``-th smallest of them. Returns the longer prefix, the rank still needed within it, and
+    whether the search is over: every row with that prefix is wanted (or no bits are left)."""
+    order = np.argsort(digits, kind="stable")
+    digits, counts = np.asarray(digits)[order], np.asarray(counts)[order]
+    cumulative = np.cumsum(counts)
+    i = int(np.searchsorted(cumulative, need))
+    below = int(cumulative[i - 1]) if i else 0
+    prefix |= int(digits[i]) << shift
+    need -= below
+    return prefix, need, bool(counts[i] == need or shift == 0)
+
+
+def key_ceiling(prefix: int, shift: int) -> int:
+    """The largest key that starts with ``prefix`` (resolved above bit ``shift``)."""
+    return prefix | ((1 << shift) - 1)
 
 
 def diverse_demos(

@@ -35,7 +35,7 @@ from pipeline import schemas, storage, synthesis
 from pipeline.cluster import init_ray
 from pipeline.config import Config, TaskConfig
 from pipeline.evaluate import load_gold
-from pipeline.filters import Candidate, filter_candidates
+from pipeline.filters import Candidate, NearDuplicateIndex, candidate_index, filter_candidates, near_duplicates
 from pipeline.generate import generate, request
 from pipeline.rounds_layout import RoundsLayout, base_labels_uri, extra_uri, relabelled_uri, student_uri
 
@@ -119,7 +119,7 @@ def run_seed(config: Config, r: int, log: Callable[[str], None]) -> dict[str, An
             sources[request_id] = (label, f"reason: {reason}")
     answers = generate(config, asked, log, "seed: examples")
     candidates = _parse(config, answers, sources, limit=1)
-    report = _filter_and_write(config, layout, ("seed",), candidates, training_texts=[], id_prefix="seed")
+    report = _filter_and_write(config, layout, ("seed",), candidates, id_prefix="seed", training=[])
     report.update({
         "step": "seed",
         "reasons": reasons,
@@ -213,12 +213,14 @@ def run_filter(config: Config, r: int, log: Callable[[str], None]) -> dict[str, 
         elif storage.exists(layout.fs, path):
             layout.fs.delete_file(path)
     candidates = storage.read_parquet(layout.fs, layout.path(*extra, "candidates.parquet"))
-    training = training_texts(config, r)
-    log(f"[round {r}] filtering {candidates.num_rows} candidates against {len(training)} training texts")
-    report = _filter_and_write(config, layout, extra, candidates, training, id_prefix=f"r{r}")
+    init_ray()
+    log(f"[round {r}] filtering {candidates.num_rows} candidates against round {r}'s training data")
+    report = _filter_and_write(config, layout, extra, candidates, id_prefix=f"r{r}",
+                               training=training_data(config, r))
     report.update({"step": "filter", "round": r, "wall_seconds": round(time.time() - started, 2)})
     storage.write_json(layout.fs, layout.path(*extra, "report.json"), report)
-    log(f"[round {r}] kept {report['kept']} of {report['candidates']}; dropped {report['dropped']}")
+    log(f"[round {r}] kept {report['kept']} of {report['candidates']} (checked against "
+        f"{report['training_rows']} training rows); dropped {report['dropped']}")
     return report
 
 
@@ -229,15 +231,46 @@ def validation_errors(config: Config, r: int) -> pa.Table:
     return predictions.filter(pc.not_equal(predictions.column("label"), predictions.column("predicted")))
 
 
-def training_texts(config: Config, r: int) -> list[str]:
-    """Texts of round r's training data before its new examples: round 0's data and earlier extras."""
-    uris = [base_labels_uri(config)] + [extra_uri(config, q) for q in range(1, r)]  # relabelling keeps texts
-    texts: list[str] = []
-    for uri in uris:
+def training_data(config: Config, r: int) -> list[tuple[Any, list[str]]]:
+    """Round r's training data before its new examples, as ``(filesystem, parquet files)`` per dataset:
+    round 0's data and earlier rounds' extras (relabelling keeps texts)."""
+    sources = []
+    for uri in [base_labels_uri(config)] + [extra_uri(config, q) for q in range(1, r)]:
         fs, root = storage.resolve(uri, config.storage)
-        if storage.list_files(fs, storage.join(root, "data"), (".parquet",)):
-            texts += storage.read_parquet(fs, storage.join(root, "data"), columns=["text"]).column("text").to_pylist()
-    return texts
+        files = storage.list_files(fs, storage.join(root, "data"), (".parquet",))
+        if files:
+            sources.append((fs, files))
+    return sources
+
+
+def training_duplicates(index: NearDuplicateIndex, training: list[tuple[Any, list[str]]]) -> tuple[set[int], int]:
+    """Positions in ``index`` (the candidates) that are near duplicates of a training text, and the
+    training rows read. The texts stream through Ray tasks, each fetching the index once: the driver
+    holds the index and the positions found, whatever the size of the training data."""
+    import ray
+    import ray.data
+
+    found: set[int] = set()
+    rows = 0
+    if not training:
+        return found, rows
+    ref = ray.put(index)
+    for fs, files in training:
+        probed = ray.data.read_parquet(files, filesystem=fs).select_columns(["text"]).map_batches(
+            _probe_batch, batch_format="pyarrow", fn_kwargs={"index": ref})
+        for batch in probed.iter_batches(batch_format="pyarrow", batch_size=None):
+            rows += sum(batch.column("rows").to_pylist())
+            for positions in batch.column("positions").to_pylist():
+                found.update(positions)
+    return found, rows
+
+
+def _probe_batch(batch: pa.Table, index: Any) -> pa.Table:
+    from pipeline.idindex import Loaded
+
+    found = near_duplicates(Loaded.get(index), batch.column("text").to_pylist())
+    return pa.table({"positions": pa.array([sorted(found)], pa.list_(pa.int64())),
+                     "rows": pa.array([batch.num_rows], pa.int64())})
 
 
 def _parse(config: Config, answers: pa.Table, sources: dict[str, tuple[str, str]], limit: int) -> pa.Table:
@@ -262,15 +295,17 @@ def _parse(config: Config, answers: pa.Table, sources: dict[str, tuple[str, str]
 
 
 def _filter_and_write(
-    config: Config, layout: RoundsLayout, folder: tuple[str, ...], candidates: pa.Table,
-    training_texts: list[str], id_prefix: str,
+    config: Config, layout: RoundsLayout, folder: tuple[str, ...], candidates: pa.Table, id_prefix: str,
+    training: list[tuple[Any, list[str]]],
 ) -> dict[str, Any]:
     rounds, label_names = config.rounds, config.task.label_names
     rows = candidates.to_pylist()
     parsed = [Candidate(row["text"], row["label"], row["problem"]) for row in rows]
+    duplicates, training_rows = training_duplicates(candidate_index(parsed, rounds.near_duplicate_threshold),
+                                                    training)
     kept, dropped = filter_candidates(
-        parsed, label_names, training_texts, evaluation_texts(config), min_chars=rounds.min_chars,
-        max_chars=rounds.max_chars, threshold=rounds.near_duplicate_threshold,
+        parsed, label_names, evaluation_texts(config), min_chars=rounds.min_chars,
+        max_chars=rounds.max_chars, threshold=rounds.near_duplicate_threshold, training_duplicates=duplicates,
     )
     kept_ids = {id(c) for c in kept}
     kept_rows = [row for row, c in zip(rows, parsed) if id(c) in kept_ids]
@@ -289,6 +324,7 @@ def _filter_and_write(
         "kept": len(kept_rows),
         "dropped": dropped,
         "label_distribution": distribution,
+        "training_rows": training_rows,
     }
 
 

@@ -1,4 +1,5 @@
-from pipeline.filters import Candidate, NearDuplicateIndex, filter_candidates, jaccard, normalize_text, shingles
+from pipeline.filters import (Candidate, NearDuplicateIndex, candidate_index, filter_candidates, jaccard,
+                              near_duplicates, normalize_text, shingles)
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -33,7 +34,10 @@ def test_filter_candidates_counts_each_reason():
         Candidate("The company cut 150 jobs as demand for its paper products kept falling in Europe", "negative"),
         Candidate("Net sales grew by 20 percent to a record high this quarter!", "positive"),
     ]
-    kept, dropped = filter_candidates(candidates, LABELS, training, evaluation, min_chars=8, max_chars=500)
+    duplicates = near_duplicates(candidate_index(candidates, 0.7), training)
+    assert duplicates == {6}  # the training text again, with capitals
+    kept, dropped = filter_candidates(candidates, LABELS, evaluation, min_chars=8, max_chars=500,
+                                      training_duplicates=duplicates)
     assert [c.text for c in kept] == ["Net sales grew by 20 percent to a record high this quarter"]
     assert dropped == {
         "instruction echoed": 1,
@@ -45,3 +49,27 @@ def test_filter_candidates_counts_each_reason():
         "near duplicate of another new example": 1,
     }
     assert len(kept) + sum(dropped.values()) == len(candidates)  # nothing silently dropped
+
+
+def test_an_index_of_few_texts_probed_by_many_finds_every_near_duplicate_and_nothing_else():
+    """The streamed filter's direction: new examples indexed, training texts probing. It finds what
+    indexing the training texts and probing with the examples finds."""
+    import random
+
+    rng = random.Random(3)
+    words = "profit sales rose fell market shares quarter growth loss company orders record demand".split()
+    training = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))) for _ in range(400)]
+    examples = [training[5], training[9] + " again", "completely new words about weather and rain today",
+                training[20].upper(), ""]
+    index = candidate_index([Candidate(text or None, "positive", problem=None if text else "empty")
+                             for text in examples], 0.7)
+    probed = near_duplicates(index, [*training, None])
+    reference = NearDuplicateIndex(0.7)
+    for text in training:
+        reference.add(text)
+    expected = {i for i, text in enumerate(examples) if text and reference.match(text) is not None}
+    assert probed == expected and {0, 3} <= probed and 2 not in probed and 4 not in probed
+    # and every match is a real one: the same normalised text, or Jaccard at least the threshold
+    for i in probed:
+        assert any(normalize_text(examples[i]) == normalize_text(t)
+                   or jaccard(shingles(examples[i]), shingles(t)) >= 0.7 for t in training)

@@ -136,3 +136,91 @@ def test_merge_over_many_files_keeps_every_id_once_and_counts_each_change(tmp_pa
                                 if answers[i] and answers[i] != old[i])
     assert report["changes"] == dict(sorted(moves.items())) and report["labels_changed"] == sum(moves.values())
     assert report["rows"] == 600 and report["relabelled_rows"] == sum(1 for a in answers.values() if a)
+
+
+def _scored(tmp_path, losses, classes, seed=0, files=5):
+    """Rows as the select step's scoring pass writes them, in several files."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from pipeline.freeal import order_keys
+    from pipeline.freeal_select import Scored
+    from pipeline.idindex import hash_ids
+
+    rng = np.random.default_rng(seed)
+    n = len(losses)
+    ids = pa.array([f"row{i}" for i in range(n)])
+    embeddings = rng.normal(size=(n, 4)).astype(np.float16)
+    table = pa.table({
+        "id": ids, "text": [f"text {i}" for i in range(n)], "class": pa.array(classes, pa.int16()),
+        "loss": pa.array(losses, pa.float32()),
+        "order": pa.array(order_keys(np.asarray(losses, np.float32), hash_ids(ids)), pa.uint64()),
+        "predicted": pa.array(np.zeros(n), pa.int16()), "confidence": pa.array(np.ones(n), pa.float32()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)), 4),
+    })
+    paths = []
+    for k, start in enumerate(range(0, n, -(-n // files))):
+        paths.append(str(tmp_path / f"part-{k}.parquet"))
+        pq.write_table(table.slice(start, -(-n // files)), paths[-1])
+    return Scored(pafs.LocalFileSystem(), paths), table
+
+
+def _streamed_clean(scored, table, method, fraction, n_classes):
+    from pipeline.freeal_select import clean_mask, split_rules
+
+    rules = split_rules(scored, scored.class_stats(n_classes), method, fraction)
+    return clean_mask(rules, table.column("class").to_numpy(), table.column("loss").to_numpy(),
+                      table.column("order").to_numpy()), rules
+
+
+def test_the_streamed_fraction_split_is_the_in_memory_one(tmp_path, ray_cluster):
+    """Distinct losses: exactly the rows small_loss_split keeps. Equal losses and a one-row class: exactly
+    ceil(fraction * n) rows still (ties broken by id hash, not by position)."""
+    rng = np.random.default_rng(1)
+    losses = np.concatenate([rng.exponential(1.0, 700), np.full(50, 0.25), [3.0]]).astype(np.float32)
+    classes = np.concatenate([rng.integers(0, 2, 700), np.full(50, 2), [3]])
+    scored, table = _scored(tmp_path, losses, classes)
+    clean, rules = _streamed_clean(scored, table, "fraction", 0.3, 5)
+    distinct = classes < 2
+    assert clean[distinct].tolist() == small_loss_split(losses[distinct], classes[distinct], "fraction", 0.3).tolist()
+    assert clean[classes == 2].sum() == 15 and clean[classes == 3].tolist() == [True]
+    assert set(rules) == {0, 1, 2, 3}  # the empty class 4 has no rule
+
+
+def test_the_streamed_gmm_split_fits_the_histogram_like_the_data(tmp_path, ray_cluster):
+    """Two loss clusters per class, wide apart (classes 0, 1) or two hundredths apart (3):
+    the mixture fitted to the histogram splits the rows as the one fitted to the data does."""
+    rng = np.random.default_rng(2)
+    low, high = rng.normal(0.1, 0.03, 600).clip(0.001), rng.normal(2.0, 0.4, 300).clip(0.5)
+    close = np.concatenate([rng.normal(1.0, 2e-3, 100), rng.normal(1.02, 2e-3, 100)])
+    losses = np.concatenate([low, high, [0.1, 0.2, 3.0], close]).astype(np.float32)
+    classes = np.concatenate([rng.integers(0, 2, 900), [2, 2, 2], np.full(200, 3)])
+    scored, table = _scored(tmp_path, losses, classes)
+    clean, rules = _streamed_clean(scored, table, "gmm", 0.5, 4)
+    reference = small_loss_split(losses, classes, "gmm", 0.5)
+    assert (clean[:900] == reference[:900]).mean() > 0.99 and clean[:600].all() and not clean[600:900].any()
+    assert (clean[903:] == reference[903:]).mean() > 0.97 and 80 < clean[903:].sum() < 120
+    assert "mixture" in rules[0] and "mixture" in rules[1] and "mixture" in rules[3]
+    assert "max_order" in rules[2] and clean[900:903].tolist() == [True, True, False]  # 3 rows: ceil(1.5) lowest
+
+
+def test_demo_pools_hold_the_lowest_loss_clean_rows_and_demos_match_the_in_memory_choice(tmp_path, ray_cluster):
+    from pipeline.freeal_select import choose_demos
+
+    rng = np.random.default_rng(3)
+    losses = rng.exponential(1.0, 400).astype(np.float32)
+    classes = rng.integers(0, 3, 400)
+    scored, table = _scored(tmp_path, losses, classes)
+    clean, rules = _streamed_clean(scored, table, "fraction", 0.5, 3)
+    pool = scored.demo_pool(rules, 6)
+    for c in range(3):
+        rows = np.flatnonzero(clean & (classes == c))
+        expected = rows[np.argsort(losses[rows], kind="stable")[:6]]
+        assert pool[c].column("id").to_pylist() == [f"row{i}" for i in expected]
+    demos = choose_demos(pool, ["a", "b", "c"], per_class=3)
+    embeddings = table.column("embedding").combine_chunks().flatten().to_numpy().astype(float).reshape(-1, 4)
+    reference, _ = diverse_demos(embeddings, losses, classes, clean, 3, 6)
+    assert demos["texts"] == [f"text {i}" for c in range(3) for i in reference[c]]
+    assert demos["labels"] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    assert demos["mixed"] == [0, 3, 6, 1, 4, 7, 2, 5, 8]  # an abstained row's demos: each class in turn

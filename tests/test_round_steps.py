@@ -48,7 +48,7 @@ def _candidates(rows):
     ], schema=CANDIDATES)
 
 
-def test_filter_step_counts_every_drop_and_writes_labelled_rows(step_config, tmp_path):
+def test_filter_step_counts_every_drop_and_writes_labelled_rows(step_config, ray_cluster, tmp_path):
     config = step_config(min_chars=10)
     training_text = labelled_rows(30)[0]["text"]
     extra = tmp_path / "rounds" / "rounds" / "1" / "extra"
@@ -66,7 +66,7 @@ def test_filter_step_counts_every_drop_and_writes_labelled_rows(step_config, tmp
 
     report = run_filter(config, 1, log=lambda _: None)
 
-    assert report["candidates"] == 8 and report["kept"] == 2
+    assert report["candidates"] == 8 and report["kept"] == 2 and report["training_rows"] == 30
     assert report["dropped"] == {
         "near duplicate of another new example": 1,
         "near duplicate of a validation or test text": 1,

@@ -5,14 +5,14 @@ Every round trains a student on the teacher's labels (``warmup``), splits them i
 by the student's loss (``select``) and trains the round's student on the clean rows plus confident
 pseudo-labels (``train``). Round r >= 1 first has the teacher relabel round r-1's noisy rows with
 demos chosen per text (``relabel``) and merges the new labels in (``merge``). The steps and the
-paths they read and write are in :mod:`pipeline.freeal_steps`.
+paths they read and write are in :mod:`pipeline.freeal_steps` (``select``: :mod:`pipeline.freeal_select`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from pipeline import freeal_steps
+from pipeline import freeal_select, freeal_steps
 from pipeline.config import Config
 from pipeline.corpus import open_corpus
 from pipeline.evaluate import load_gold
@@ -27,7 +27,7 @@ class FreeAL(Strategy):
     name = "freeal"
 
     def steps(self) -> dict[str, Callable[..., dict[str, Any]]]:
-        return {"demos": freeal_steps.run_demos, "select": freeal_steps.run_select, "merge": freeal_steps.run_merge}
+        return {"demos": freeal_steps.run_demos, "select": freeal_select.run_select, "merge": freeal_steps.run_merge}
 
     def preflight(self, config: Config) -> None:
         open_corpus(config.data, config.storage)  # round 0 labels data.input itself
