@@ -9,10 +9,10 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 FIRST=(tests/test_rounds.py tests/test_distill.py)
 # The ten slowest tests of each run are listed at the end: where CI's time goes. A run still going
-# after 25 minutes (twice its usual time: something hangs) is interrupted, so that pytest prints the
+# after 30 minutes (twice its usual time: something hangs) is interrupted, so that pytest prints the
 # failures so far and where each thread stood (faulthandler_timeout in pyproject.toml) before CI's own
 # limit cuts everything short.
-LIMIT=(timeout --signal=INT --kill-after=120 1500)
+LIMIT=(timeout --signal=INT --kill-after=120 1800)
 "${LIMIT[@]}" "$PY" -m pytest "${FIRST[@]}" --durations=10 "$@" > >(sed -u 's/^/[rounds+distill] /') 2>&1 &
 first=$!
 "${LIMIT[@]}" "$PY" -m pytest tests "${FIRST[@]/#/--ignore=}" --durations=10 "$@"
