@@ -116,6 +116,11 @@ class EngineLoop:
                         self._finish(output)
         except BaseException as err:  # noqa: BLE001 - every waiting caller must hear of it
             self._stop(err)
+        finally:
+            # Stopped from another thread (an engine known dead), this thread may have been adding a
+            # group while _stop failed the others: it fails what it holds itself before it ends, or
+            # that group's caller would wait for ever (seen in CI: a labelling job hung for an hour).
+            self._fail_pending()
 
     def _watch(self) -> None:
         every = min(5.0, self.stall_timeout / 4)
@@ -171,9 +176,14 @@ class EngineLoop:
         if self._error is not None:
             return
         self._error = err
-        for group, _ in self._pending.copy().values():  # copy(): atomic, though the engine thread may still run
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        # copy(): atomic, though the engine thread may still run; only the requests seen are removed, so
+        # one the engine thread adds meanwhile stays for its own last sweep (its finally clause).
+        for request_id, (group, _) in self._pending.copy().items():
+            self._pending.pop(request_id, None)
             self._fail(group)
-        self._pending.clear()
         self._fail_queued()
 
     def stop(self, err: BaseException) -> None:

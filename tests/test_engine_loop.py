@@ -88,3 +88,32 @@ def test_a_stopped_engine_fails_every_waiting_batch_at_once():
         waiting.result(timeout=10)
     with pytest.raises(EngineStopped, match="device-side assert"):
         loop.submit(["q"], None)
+
+
+def test_a_batch_being_added_when_the_engine_is_stopped_fails_too():
+    """The race CI met: the engine is stopped (an engine known dead) from a batch's thread while the loop's
+    thread is adding another batch's requests. That batch must fail too, not wait for ever."""
+    import threading
+
+    import vllm.sampling_params  # noqa: F401 - imported here, not in the loop's thread within the timeouts
+
+    adding, stopped = threading.Event(), threading.Event()
+
+    class SlowToAdd:
+        def has_unfinished_requests(self) -> bool:
+            return False
+
+        def add_request(self, request_id, prompt, params) -> None:
+            adding.set()
+            stopped.wait(60)
+
+        def step(self) -> list:
+            return []
+
+    loop = EngineLoop(type("LLM", (), {"llm_engine": SlowToAdd()})())
+    waiting = loop.submit(["p"], dataclasses.make_dataclass("P", [("output_kind", int, 0)])())
+    assert adding.wait(60)
+    loop.stop(RuntimeError("injected fault: the engine died"))  # while the loop's thread holds that batch
+    stopped.set()
+    with pytest.raises(EngineStopped, match="the engine died"):
+        waiting.result(timeout=30)
