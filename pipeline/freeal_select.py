@@ -215,14 +215,14 @@ class Scored:
 
     def histograms(self, ranges: dict[int, tuple[float, float]]) -> dict[int, np.ndarray]:
         """Per class, the counts of its losses in ``HISTOGRAM_BINS`` equal bins over ``ranges[c]``."""
-        return self._counts(_histogram_batch, "bin", HISTOGRAM_BINS, list(ranges), ranges=ranges)
+        return self._counts(_histogram_batch, "loss", "bin", HISTOGRAM_BINS, list(ranges), ranges=ranges)
 
-    def _counts(self, fn: Callable[..., pa.Table], key: str, size: int, classes: list[int],
+    def _counts(self, fn: Callable[..., pa.Table], column: str, key: str, size: int, classes: list[int],
                 **kwargs: Any) -> dict[int, np.ndarray]:
         """Per class, a dense array of ``size`` counts, summed from the (class, ``key``, count) rows the
         blocks return: what the driver holds is bounded by the classes, not the rows."""
         counts = {c: np.zeros(size, np.int64) for c in classes}
-        for batch in self._map(fn, ["class", "loss", "order"], **kwargs):
+        for batch in self._map(fn, ["class", column], **kwargs):
             cls, at, n = (batch.column(k).to_numpy() for k in ("class", key, "count"))
             for c in np.unique(cls):
                 mine = cls == c
@@ -238,8 +238,8 @@ class Scored:
             if not searching:
                 break
             prefixes = {c: prefix for c, (prefix, _) in searching.items()}
-            counts = self._counts(_digits_batch, "digit", 1 << DIGIT_BITS, list(searching), prefixes=prefixes,
-                                  shift=shift)
+            counts = self._counts(_digits_batch, "order", "digit", 1 << DIGIT_BITS, list(searching),
+                                  prefixes=prefixes, shift=shift)
             for c, (prefix, k) in list(searching.items()):
                 digits = np.flatnonzero(counts[c])
                 prefix, k, done = next_digit(prefix, k, shift, digits, counts[c][digits])

@@ -168,7 +168,8 @@ def _merged_summary(*tables: pa.Table) -> dict[str, Any]:
 
 
 class Loaded:
-    """The indexes (or lookups holding one, as FreeAL's merge) this worker process has fetched, by
+    """The indexes (or lookups holding one, as FreeAL's merge; or the small objects a step's tasks all
+    read, as the filter's candidate index and the select's demos) this worker process has fetched, by
     ``ObjectRef``: each is fetched once.
 
     ``loads`` counts fetches, so a test can check that a lookup is never
