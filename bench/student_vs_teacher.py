@@ -84,8 +84,7 @@ def bench_student(path: str, config: Config, texts: list[str], max_length: int |
             "torch_threads": torch.get_num_threads(), **rate(len(texts), best)}
 
 
-def label_texts(llm: Any, renderer: Any, texts: list[str], params: Any, label_names: list[str]
-                ) -> tuple[float, int]:
+def label_texts(llm: Any, renderer: Any, texts: list[str], params: Any, kind: Any) -> tuple[float, int]:
     """Seconds from texts to labels, as the job's actor does it, and the completion tokens."""
     from vllm.inputs import TokensPrompt
 
@@ -95,7 +94,7 @@ def label_texts(llm: Any, renderer: Any, texts: list[str], params: Any, label_na
     started = time.perf_counter()
     prompts = [TokensPrompt(prompt_token_ids=renderer.render(text)[0]) for text in texts]
     outputs = llm.generate(prompts, params, use_tqdm=False)
-    label_rows([[sample.text for sample in out.outputs] for out in outputs], label_names)
+    label_rows([[sample.text for sample in out.outputs] for out in outputs], texts, kind)
     seconds = time.perf_counter() - started
     return seconds, sum(len(sample.token_ids) for out in outputs for sample in out.outputs)
 
@@ -118,11 +117,11 @@ def bench_teacher(config: Config, texts: list[str], repeats: int) -> dict[str, A
                               max_tokens=teacher.max_tokens)
 
     # First-call costs stay out of the arms.
-    label_texts(labeler.llm, labeler.renderer, texts[:2], sampling(teacher.samples), label_names)
+    label_texts(labeler.llm, labeler.renderer, texts[:2], sampling(teacher.samples), labeler.kind)
     arms: dict[str, dict[str, Any]] = {}
     for _ in range(repeats):  # alternate the arms so neither always runs first
         for name, n in (("k", teacher.samples), ("k=1", 1)):
-            seconds, tokens = label_texts(labeler.llm, labeler.renderer, texts, sampling(n), label_names)
+            seconds, tokens = label_texts(labeler.llm, labeler.renderer, texts, sampling(n), labeler.kind)
             if name not in arms or seconds < arms[name]["seconds"]:
                 arms[name] = {**rate(len(texts), seconds), "n": n, "completion_tokens": tokens,
                               "completion_tokens_per_second": round(tokens / seconds, 1)}

@@ -29,20 +29,40 @@ class Label:
 
 
 @dataclasses.dataclass(frozen=True)
-class Demo:
-    """An example shown to the teacher: hand-written chain of thought, or (FreeAL) just text and label."""
+class Entity:
+    """An entity a span demo names: its text as it appears in the demo's text, and its type."""
 
     text: str
-    label: str
-    rationale: str = ""  # empty: the demo's answer is the label line alone
+    type: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    """An example shown to the teacher: hand-written chain of thought, or (FreeAL) just text and label.
+
+    The answer is in the task type's own field: ``label`` (classification), ``labels`` (multilabel,
+    possibly none) or ``entities`` (spans, possibly none).
+    """
+
+    text: str
+    label: str = ""
+    rationale: str = ""  # empty: the demo's answer is the answer line alone
+    labels: list[str] = dataclasses.field(default_factory=list)
+    entities: list[Entity] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
     name: str
     instruction: str
-    labels: list[Label]
+    labels: list[Label]  # classes, tags (multilabel) or entity types (spans)
     demos: list[Demo] = dataclasses.field(default_factory=list)
+    type: str = "classification"  # classification | multilabel | spans (pipeline/tasks/)
+    # spans: a span is kept when at least this many of the k samples name it with the same type
+    # (default: a majority, k // 2 + 1)
+    min_votes: Optional[int] = None
+    # multilabel: a label is on when at least this share of the valid samples name it
+    label_threshold: float = 0.5
 
     @property
     def label_names(self) -> list[str]:
@@ -384,9 +404,9 @@ def _check(config: Config) -> None:
             raise ConfigError(
                 f"task.labels[{i}].name: {name!r} cannot be told apart from {twin!r} in an answer"
             )
-    for i, demo in enumerate(task.demos):
-        if demo.label not in names:
-            raise ConfigError(f"task.demos[{i}].label: {demo.label!r} is not one of {names}")
+    from pipeline import tasks  # the type checks its own demos and thresholds
+
+    tasks.for_config(config).check()
     _positive(teacher.samples, "teacher.samples")
     _positive(teacher.max_tokens, "teacher.max_tokens")
     _positive(teacher.batch_size, "teacher.batch_size")

@@ -27,14 +27,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from pipeline import model_store, schemas, storage
+from pipeline import model_store, schemas, storage, tasks
 from pipeline.cluster import init_ray
-from pipeline.config import Config, ConfigError, to_dict
-from pipeline.evaluate import evaluate, format_evaluation, load_gold, predictions_table, write_evaluation
+from pipeline.config import Config, ConfigError, TaskConfig, to_dict
+from pipeline.evaluate import evaluate, load_task_gold, write_evaluation
 from pipeline.faults import injected_faults
-from pipeline.selection import DEFAULT_MIN_CONSISTENCY, keep_mask, kept_at_thresholds
+from pipeline.selection import keep_mask, kept_at_thresholds
 
-TRAIN_COLUMNS = ["id", "text", "hard_label", "soft_label", "consistency", "n_valid"]
+
+
+def train_columns(kind: Any) -> list[str]:
+    """The labelled columns distillation reads: id, text, the task type's label columns, the vote counts."""
+    return ["id", "text", *(field.name for field in kind.label_fields()), "consistency", "n_valid"]
+
 HOLDOUT_EVERY = 20  # without a gold validation set, 1 id in 20 is held out to compare with the teacher
 
 
@@ -61,21 +66,25 @@ def _run_distill(config: Config, smoke: bool, log: Callable[[str], None], held: 
     started = time.time()
     distill, student = _require(config.distill, "distill"), _require(config.student, "student")
     label_names = config.task.label_names
+    kind = tasks.for_config(config)
+    if distill.mode not in kind.modes:
+        raise ConfigError(f"distill.mode: a {kind.name} task trains with {' or '.join(kind.modes)}, "
+                          f"got {distill.mode!r}")
     threshold = distill.min_consistency
     if threshold is None:
-        threshold = DEFAULT_MIN_CONSISTENCY[distill.mode]
+        threshold = kind.default_min_consistency[distill.mode]
     labels_uri = distill.labels or config.data.output
 
     # Everything checkable is checked before any worker starts.
     _check_student(student.model)
     gold = {
-        name: load_gold(uri, label_names, f"distill.{name}", config.storage)
+        name: load_task_gold(uri, kind, f"distill.{name}", config.storage)
         for name, uri in (("validation", distill.validation), ("test", distill.test))
         if uri
     }
-    sources = _label_sources(config, labels_uri, label_names)
+    sources = _label_sources(config, labels_uri)
     scan = _merge_scans([
-        _scan_labelled(source.fs, source.files, source.uri, label_names, threshold, holdout=not gold.get("validation"))
+        _scan_labelled(source.fs, source.files, source.uri, kind, threshold, holdout=not gold.get("validation"))
         for source in sources
     ])
     if scan["train_rows"] == 0:
@@ -98,7 +107,7 @@ def _run_distill(config: Config, smoke: bool, log: Callable[[str], None], held: 
     )
 
     init_ray()
-    train = _train_dataset(sources, label_names, threshold, holdout=not gold.get("validation"), seed=distill.seed)
+    train = _train_dataset(sources, config.task, threshold, holdout=not gold.get("validation"), seed=distill.seed)
     train_started = time.time()
     run_id = uuid.uuid4().hex
     result = _fit(config, train, scan["train_rows"], gold.get("validation"), out_fs, out_root, run_id)
@@ -115,6 +124,7 @@ def _run_distill(config: Config, smoke: bool, log: Callable[[str], None], held: 
         export = {
             "labels": label_names,
             "task": config.task.name,
+            "task_type": kind.name,
             "max_length": student.max_length,
             "mode": distill.mode,
             "min_consistency": threshold,
@@ -179,6 +189,8 @@ def _manifest(config: Config, threshold: float, labels_uri: str) -> dict[str, An
     distill, student = config.distill, config.student
     return {
         "labels": config.task.label_names,
+        # Named for the new types only, so that a classification run folder made before types resumes.
+        **({"task_type": config.task.type} if config.task.type != "classification" else {}),
         "labelled_data": labels_uri,
         "extra_labels": list(distill.extra_labels),
         "mode": distill.mode,
@@ -201,7 +213,7 @@ class LabelSource:
     files: list[str]
 
 
-def _label_sources(config: Config, labels_uri: str, label_names: list[str]) -> list[LabelSource]:
+def _label_sources(config: Config, labels_uri: str) -> list[LabelSource]:
     sources = []
     for key, uri in [("distill.labels", labels_uri)] + [
         (f"distill.extra_labels[{i}]", u) for i, u in enumerate(config.distill.extra_labels)
@@ -210,7 +222,7 @@ def _label_sources(config: Config, labels_uri: str, label_names: list[str]) -> l
         files = storage.list_files(fs, storage.join(root, "data"), (".parquet",))
         if not files:
             raise LabelDataError(f"{key}: no labelled parquet under {uri}/data")
-        _check_label_manifest(fs, root, uri, label_names, key)
+        _check_label_manifest(fs, root, uri, config.task, key)
         sources.append(LabelSource(uri, fs, files))
     return sources
 
@@ -225,10 +237,16 @@ def _merge_scans(scans: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _check_label_manifest(fs: Any, root: str, uri: str, label_names: list[str], key: str) -> None:
+def _check_label_manifest(fs: Any, root: str, uri: str, task: TaskConfig, key: str) -> None:
     path = storage.join(root, "manifest.json")
+    label_names = task.label_names
     if storage.exists(fs, path):
-        labels = storage.read_json(fs, path).get("labels")
+        manifest = storage.read_json(fs, path)
+        labelled_type = manifest.get("task_type", "classification")
+        if labelled_type != task.type:
+            raise LabelDataError(f"{key}: {uri} was labelled for a {labelled_type} task, the config's "
+                                 f"task.type is {task.type}")
+        labels = manifest.get("labels")
         if labels != label_names:
             raise LabelDataError(
                 f"{key}: {uri} was labelled with labels {labels}, the config has {label_names} "
@@ -236,34 +254,17 @@ def _check_label_manifest(fs: Any, root: str, uri: str, label_names: list[str], 
             )
 
 
-def _scan_labelled(
-    fs: Any, files: list[str], uri: str, label_names: list[str], threshold: float, holdout: bool
-) -> dict[str, Any]:
+def _scan_labelled(fs: Any, files: list[str], uri: str, kind: Any, threshold: float, holdout: bool) -> dict[str, Any]:
     """One pass over the label columns: validate them and count what each threshold keeps."""
     import pyarrow.parquet as pq
 
-    known = pa.array(label_names)
+    expected = kind.labelled_schema()
+    columns = [c for c in train_columns(kind) if c != "text"]
     consistency, n_valid, held = [], [], []
     for file in files:
-        columns = [c for c in TRAIN_COLUMNS if c != "text"]
         table = pq.read_table(file, filesystem=fs, columns=columns)
-        schemas.check_columns(table.schema, pa.schema([schemas.LABELLED.field(c) for c in columns]), file)
-        hard = table.column("hard_label")
-        unknown = pc.and_(pc.is_valid(hard), pc.invert(pc.is_in(hard, value_set=known)))
-        if pc.any(unknown).as_py():
-            row = table.filter(unknown).slice(0, 1).to_pylist()[0]
-            raise LabelDataError(
-                f"distill.labels: row id {row['id']!r} in {file} has hard_label {row['hard_label']!r}, "
-                f"not one of {label_names}"
-            )
-        lengths = pc.list_value_length(table.column("soft_label"))
-        wrong = pc.and_(pc.is_valid(lengths), pc.not_equal(lengths, len(label_names)))
-        if pc.any(wrong).as_py():
-            row = table.filter(wrong).slice(0, 1).to_pylist()[0]
-            raise LabelDataError(
-                f"distill.labels: row id {row['id']!r} in {file} has a soft_label of length "
-                f"{len(row['soft_label'])}, expected {len(label_names)} (one per label)"
-            )
+        schemas.check_columns(table.schema, pa.schema([expected.field(c) for c in columns]), file)
+        kind.check_labelled(table, file)
         consistency.append(table.column("consistency").to_numpy())
         n_valid.append(table.column("n_valid").to_numpy())
         ids = table.column("id").to_pylist()
@@ -279,8 +280,8 @@ def _scan_labelled(
     }
 
 
-def _train_rows(batch: pa.Table, label_names: list[str], threshold: float, holdout: bool) -> dict[str, np.ndarray]:
-    """Ray Data map: the rows kept at the threshold, with labels as class indices and vote fractions.
+def _train_rows(batch: pa.Table, task: TaskConfig, threshold: float, holdout: bool) -> dict[str, np.ndarray]:
+    """Ray Data map: the rows kept at the threshold, with the task type's targets.
 
     Texts stay text: the train workers tokenise each batch as they take it
     (``student.tokenizing_collate``), padded to the batch's longest text.
@@ -288,26 +289,18 @@ def _train_rows(batch: pa.Table, label_names: list[str], threshold: float, holdo
     keep = keep_mask(batch.column("consistency").to_numpy(), batch.column("n_valid").to_numpy(), threshold)
     if holdout:
         keep &= ~holdout_mask(batch.column("id").to_pylist())
-    rows = batch.filter(pa.array(keep))
-    index = {name: i for i, name in enumerate(label_names)}
-    soft = rows.column("soft_label").to_pylist()
-    texts = np.empty(rows.num_rows, dtype=object)
-    texts[:] = rows.column("text").to_pylist()
-    return {
-        "text": texts,
-        "hard": np.array([index[h] for h in rows.column("hard_label").to_pylist()], dtype=np.int64),
-        "soft": np.array(soft, dtype=np.float32).reshape(len(soft), len(index)),
-    }
+    return tasks.get(task).train_rows(batch.filter(pa.array(keep)))
 
 
-def _train_dataset(sources: list[LabelSource], label_names, threshold, holdout, seed: int) -> Any:
+def _train_dataset(sources: list[LabelSource], task: TaskConfig, threshold, holdout, seed: int) -> Any:
     import ray.data
 
-    parts = [ray.data.read_parquet(s.files, filesystem=s.fs).select_columns(TRAIN_COLUMNS) for s in sources]
+    columns = train_columns(tasks.get(task))
+    parts = [ray.data.read_parquet(s.files, filesystem=s.fs).select_columns(columns) for s in sources]
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     kept = ds.map_batches(
         _train_rows,
-        fn_kwargs={"label_names": label_names, "threshold": threshold, "holdout": holdout},
+        fn_kwargs={"task": task, "threshold": threshold, "holdout": holdout},
         batch_format="pyarrow",
     )
     # Materialised before training: the train workers hold the cluster's CPUs. A plain task (no
@@ -327,6 +320,7 @@ def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root:
         "student_model": student.model,
         "max_length": student.max_length,
         "labels": config.task.label_names,
+        "task": config.task,
         "mode": distill.mode,
         "epochs": distill.epochs,
         "batch_size": distill.batch_size,
@@ -340,7 +334,7 @@ def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root:
         "checkpoint_every_batches": distill.checkpoint_every_batches,
         "faults": injected_faults(),
         "train_rows": train_rows,
-        "validation": {"texts": validation[0], "labels": validation[1]} if validation else None,
+        "validation": {"texts": validation[0], "targets": validation[1]} if validation else None,
     }
     score = ("val_macro_f1", "max") if validation else ("train_loss", "min")
     trainer = TorchTrainer(
@@ -380,48 +374,46 @@ def _read_history(model_dir: Path) -> list[dict[str, Any]]:
 
 def _evaluate_all(config, model_dir: Path, gold, scan, out_fs, out_root, log) -> dict[str, Any]:
     """Gold sets when given; otherwise agreement with the teacher on the held-out rows."""
-    from pipeline.student import load_student
-
-    distill, label_names = config.distill, config.task.label_names
-    tokenizer, model = load_student(str(model_dir), label_names)
+    kind = tasks.for_config(config)
+    kind.target_precision = config.distill.target_precision
+    tokenizer, model = kind.load_student(str(model_dir))
     sets = dict(gold)
     if "validation" not in gold:
-        sets["teacher_holdout"] = _teacher_holdout(config)
+        sets["teacher_holdout"] = _teacher_holdout(config, kind)
     folder = storage.join(out_root, "evaluation")
     reports = {}
-    for name, (texts, labels) in sets.items():
+    for name, (texts, targets) in sets.items():
         if not texts:
             continue
-        report, probabilities = evaluate(model, tokenizer, texts, labels, label_names,
-                                         config.student.max_length, distill.target_precision)
-        write_evaluation(out_fs, folder, name, report, predictions_table(texts, labels, probabilities, label_names))
-        log(format_evaluation(name, report))
+        report, predictions = evaluate(kind, model, tokenizer, texts, targets, config.student.max_length)
+        write_evaluation(out_fs, folder, name, report, kind.evaluation_rows(texts, targets, predictions),
+                         kind.plots(report))
+        log(kind.format_evaluation(name, report))
         reports[name] = report
     return reports
 
 
-def _teacher_holdout(config: Config) -> tuple[list[str], list[int]]:
-    """The held-out rows with the teacher's hard label as the reference, read file by file."""
+def _teacher_holdout(config: Config, kind: Any) -> tuple[list[str], list[Any]]:
+    """The held-out rows with the teacher's result as the reference, read file by file."""
     import pyarrow.parquet as pq
 
-    label_names = config.task.label_names
-    index = {name: i for i, name in enumerate(label_names)}
-    texts, labels = [], []
-    sources = _label_sources(config, config.distill.labels or config.data.output, label_names)
+    texts, targets = [], []
+    columns = ["text", "n_valid", *(field.name for field in kind.label_fields())]
+    sources = _label_sources(config, config.distill.labels or config.data.output)
     for fs, file in ((source.fs, file) for source in sources for file in source.files):
         ids = pq.read_table(file, filesystem=fs, columns=["id"]).column("id").to_pylist()
         held = holdout_mask(ids)
         if not held.any():
             continue
-        table = pq.read_table(file, filesystem=fs, columns=["text", "hard_label"]).filter(pa.array(held))
-        table = table.filter(pc.is_valid(table.column("hard_label")))
+        table = pq.read_table(file, filesystem=fs, columns=columns).filter(pa.array(held))
+        table = table.filter(pc.greater(table.column("n_valid"), 0))
         texts += table.column("text").to_pylist()
-        labels += [index[h] for h in table.column("hard_label").to_pylist()]
-    return texts, labels
+        targets += kind.teacher_targets(table)
+    return texts, targets
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:
-    return {"examples": report["examples"], "accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+    return {"examples": report["examples"], **report["headline"]}
 
 
 def format_distill_report(report: dict[str, Any]) -> str:
@@ -437,8 +429,9 @@ def format_distill_report(report: dict[str, Any]) -> str:
         f"{time_['train_samples_per_second']} samples/s",
     ]
     for name, scores in report["evaluation"].items():
-        lines.append(f"  {name:<8} accuracy {scores['accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f} "
-                     f"({scores['examples']} examples)")
+        figures = ", ".join(f"{key.replace('_', '-')} {value:.3f}" for key, value in scores.items()
+                            if key != "examples" and isinstance(value, float))
+        lines.append(f"  {name:<8} {figures} ({scores['examples']} examples)")
     lines.append(f"  model    {report['model']}")
     return "\n".join(lines)
 

@@ -12,15 +12,14 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.config import StorageConfig
-from pipeline.metrics import classification_report
 
 
 class GoldSetError(ValueError):
     """A gold set is missing, empty, or has labels outside the label set."""
 
 
-def load_gold(uri: str, label_names: Sequence[str], key: str, storage_config: StorageConfig) -> tuple[list[str], list[int]]:
-    """Texts and label indices of a gold set (jsonl or parquet with ``text`` and ``label``)."""
+def read_gold_records(uri: str, key: str, storage_config: StorageConfig) -> list[dict[str, Any]]:
+    """The records of a gold set (jsonl or parquet files), each with a non-empty ``text``."""
     fs, path = storage.resolve(uri, storage_config)
     files = storage.list_files(fs, path, (".jsonl", ".json", ".parquet"))
     if not files:
@@ -39,30 +38,35 @@ def load_gold(uri: str, label_names: Sequence[str], key: str, storage_config: St
                         raise GoldSetError(f"{key}: {file} line {number} is not JSON: {err.msg}") from err
     if not records:
         raise GoldSetError(f"{key}: {uri} is empty")
-    index = {name: i for i, name in enumerate(label_names)}
-    texts, labels = [], []
     for number, record in enumerate(records, 1):
-        where = f"row {number} (id {record.get('id')!r})"
         if not isinstance(record.get("text"), str) or not record["text"].strip():
-            raise GoldSetError(f"{key}: {uri} {where} has no text")
+            raise GoldSetError(f"{key}: {uri} row {number} (id {record.get('id')!r}) has no text")
+    return records
+
+
+def load_gold(uri: str, label_names: Sequence[str], key: str, storage_config: StorageConfig) -> tuple[list[str], list[int]]:
+    """Texts and label indices of a classification gold set (jsonl or parquet with ``text`` and ``label``)."""
+    records = read_gold_records(uri, key, storage_config)
+    index = {name: i for i, name in enumerate(label_names)}
+    for number, record in enumerate(records, 1):
         if record.get("label") not in index:
-            raise GoldSetError(
-                f"{key}: {uri} {where} has label {record.get('label')!r}, not one of the config's labels"
-            )
-        texts.append(record["text"])
-        labels.append(index[record["label"]])
-    return texts, labels
+            raise GoldSetError(f"{key}: {uri} row {number} (id {record.get('id')!r}) has label "
+                               f"{record.get('label')!r}, not one of the config's labels")
+    return [record["text"] for record in records], [index[record["label"]] for record in records]
 
 
-def evaluate(
-    model: Any, tokenizer: Any, texts: list[str], labels: list[int], label_names: Sequence[str],
-    max_length: int, target_precision: float,
-) -> tuple[dict[str, Any], np.ndarray]:
-    """The metrics report and the predicted probabilities (one row per text)."""
-    from pipeline.student import predict_proba
+def load_task_gold(uri: str, kind: Any, key: str, storage_config: StorageConfig) -> tuple[list[str], list[Any]]:
+    """Texts and references of a gold set of any task type (``label``, ``labels`` or ``spans``, as
+    :meth:`~pipeline.tasks.base.TaskType.gold_targets` reads them)."""
+    records = read_gold_records(uri, key, storage_config)
+    return [record["text"] for record in records], kind.gold_targets(records, f"{key}: {uri}")
 
-    probabilities = predict_proba(model, tokenizer, texts, max_length)
-    return classification_report(np.array(labels), probabilities, label_names, target_precision), probabilities
+
+def evaluate(kind: Any, model: Any, tokenizer: Any, texts: list[str], targets: list[Any],
+             max_length: int) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """The task type's metrics report and the student's predictions (its prediction columns) for ``texts``."""
+    predictions = kind.predict(model, tokenizer, texts, max_length)
+    return kind.evaluate(targets, predictions), predictions
 
 
 PREDICTIONS = pa.schema([
@@ -86,17 +90,18 @@ def predictions_table(texts: list[str], labels: list[int], probabilities: np.nda
     }, schema=PREDICTIONS)
 
 
-def write_evaluation(fs: Any, folder: str, name: str, report: dict[str, Any], predictions: pa.Table) -> None:
+def write_evaluation(fs: Any, folder: str, name: str, report: dict[str, Any], predictions: pa.Table,
+                     plots: dict[str, bytes]) -> None:
     """``<name>.json``, ``<name>_predictions.parquet`` (one row per example, for error
-    analysis and the error-extrapolation rounds), ``<name>_confusion.png`` and
-    ``<name>_pr.png`` under ``folder``."""
+    analysis and the error-extrapolation rounds) and the task type's plots (``<name>_confusion.png``,
+    ``<name>_pr.png`` for classification) under ``folder``."""
     storage.write_json(fs, storage.join(folder, f"{name}.json"), report)
     storage.write_parquet_atomic(fs, storage.join(folder, f"{name}_predictions.parquet"), predictions)
-    storage.write_bytes_atomic(fs, storage.join(folder, f"{name}_confusion.png"), _confusion_png(report))
-    storage.write_bytes_atomic(fs, storage.join(folder, f"{name}_pr.png"), _pr_png(report))
+    for suffix, png in plots.items():
+        storage.write_bytes_atomic(fs, storage.join(folder, f"{name}_{suffix}.png"), png)
 
 
-def _confusion_png(report: dict[str, Any]) -> bytes:
+def confusion_png(report: dict[str, Any]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,7 +123,7 @@ def _confusion_png(report: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
-def _pr_png(report: dict[str, Any]) -> bytes:
+def pr_png(report: dict[str, Any]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -105,6 +105,10 @@ def _manifest(config: Config) -> dict[str, Any]:
     return {
         "task": config.task.name,
         "labels": config.task.label_names,
+        # Named for the new types only, so that a classification output made before types resumes.
+        **({"task_type": config.task.type} if config.task.type != "classification" else {}),
+        **({"min_votes": config.task.min_votes} if config.task.type == "spans" else {}),
+        **({"label_threshold": config.task.label_threshold} if config.task.type == "multilabel" else {}),
         "prompt_hash": prompts.prompt_hash(config.task),
         "teacher_model": teacher.model,
         "sampling": {

@@ -4,7 +4,9 @@ Output layout under the output folder (local or s3://), exactly once as the
 labelling job's (:mod:`pipeline.committed`)::
 
     manifest.json          the model (and the hash of its files) and the input
-    data/part-*.parquet    id, label, probabilities; ``commit_rows`` rows a file
+    data/part-*.parquet    id and the task type's prediction columns (classification: label,
+                           probabilities; multilabel: labels, probabilities; spans: spans with
+                           character offsets); ``commit_rows`` rows a file
     quarantine/*.parquet   input rows without a usable id or text, with the reason
     lease.json             held while a job runs
     report.json            the run's report
@@ -35,9 +37,13 @@ from pipeline.config import ConfigError, DataConfig, StorageConfig
 from pipeline.corpus import open_corpus, read_corpus
 from pipeline.progress import Progress
 
-PREDICTIONS = pa.schema(
+PREDICTIONS = pa.schema(  # a classification student's
     [("id", pa.string()), ("label", pa.string()), ("probabilities", pa.list_(pa.float32()))]
 )
+
+
+def prediction_schema(kind: Any) -> pa.Schema:
+    return pa.schema([pa.field("id", pa.string()), *kind.prediction_fields()])
 
 
 class StudentPredictor:
@@ -47,7 +53,7 @@ class StudentPredictor:
                  embeddings: bool = False, fingerprint: Optional[str] = None, batch_size: int = 64):
         import torch
 
-        from pipeline.student import load_student
+        from pipeline import tasks
 
         self._tmp = tempfile.mkdtemp(prefix="raydistill-model-")
         local = model_store.fetch(model_dir, storage_config, self._tmp)
@@ -56,7 +62,9 @@ class StudentPredictor:
             raise RuntimeError(f"{model_dir} was replaced by another model while this job ran; run it again "
                                "into a new output (the predictions of two models must not mix)")
         self.labels, self.max_length = meta["labels"], meta["max_length"]
-        self.tokenizer, self.model = load_student(str(local), self.labels)
+        self.kind = tasks.for_model(meta)
+        self.schema = prediction_schema(self.kind)
+        self.tokenizer, self.model = self.kind.load_student(str(local))
         self.batch_size = batch_size  # texts per forward pass
         self.embeddings = embeddings  # also return the encoder's mean-pooled embedding (FreeAL's selection)
         if use_gpu and torch.cuda.is_available():
@@ -65,9 +73,13 @@ class StudentPredictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from pipeline.student import predict_with_embeddings
 
+        texts = batch.column("text").to_pylist()
+        if not self.embeddings:
+            columns = self.kind.predict(self.model, self.tokenizer, texts, self.max_length, self.batch_size)
+            return pa.Table.from_pydict({"id": batch.column("id"), **columns}, schema=self.schema)
+        # With the encoder's embeddings (FreeAL's selection: classification students).
         probabilities, embeddings = predict_with_embeddings(
-            self.model, self.tokenizer, batch.column("text").to_pylist(), self.max_length, self.batch_size,
-            embeddings=self.embeddings)
+            self.model, self.tokenizer, texts, self.max_length, self.batch_size, embeddings=True)
         table = pa.Table.from_pydict(
             {
                 "id": batch.column("id"),
@@ -84,7 +96,8 @@ class StudentPredictor:
 
 class CommittingPredictor(StudentPredictor):
     """A :class:`StudentPredictor` that commits each batch to ``data/`` under a name made of its ids
-    and returns what it wrote: the batch's label counts (``label``, ``rows``)."""
+    and returns what it wrote: the batch's label counts (``label``, ``rows``; a spans model's count
+    entities per type, and rows under the empty label "")."""
 
     def __init__(self, data_fs: Any, data_path: str, **kwargs: Any):
         super().__init__(**kwargs)
@@ -95,8 +108,15 @@ class CommittingPredictor(StudentPredictor):
         if table.num_rows:
             name = shard_name(table.column("id").to_pylist())
             storage.write_parquet_atomic(self.data_fs, storage.join(self.data_path, name), table)
-        counts = pc.value_counts(table.column("label")).flatten() if table.num_rows else [[], []]
-        return pa.table({"label": pa.array(counts[0], pa.string()), "rows": pa.array(counts[1], pa.int64())})
+        counts = self.kind.prediction_counts(table) if table.num_rows else {}
+        counts = {"": table.num_rows, **counts}  # "": the rows themselves (progress)
+        return pa.table({"label": pa.array(list(counts), pa.string()),
+                         "rows": pa.array(list(counts.values()), pa.int64())})
+
+
+def _task_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The part of a model's metadata that says its task (sent to Ray tasks; the rest can be large)."""
+    return {key: meta[key] for key in ("labels", "task_type", "config") if key in meta}
 
 
 def model_fingerprint(meta: dict[str, Any]) -> str:
@@ -158,7 +178,7 @@ def run_predict(
                             pool={"batch_size": batch_size, "concurrency": concurrency, "use_gpu": use_gpu})
         del committed_ref
         removed, committed = remove_duplicate_ids(out)
-        distribution = _label_distribution(out) if committed else {}
+        distribution = _label_distribution(out, _task_meta(meta)) if committed else {}
         wall = time.time() - started
         report = {
             "job": "predict",
@@ -200,31 +220,37 @@ def _predict(rows: Any, duplicates: pa.Array, committed_ref: Optional[Any], out:
         num_gpus=1 if pool["use_gpu"] else 0,
     )
     progress = Progress(todo, log, prefix="[predict]", workers="student replicas", verb="predicted", tokens=False)
+    rows_done = 0
     for batch in summaries.iter_batches(batch_format="pyarrow", batch_size=None):
         for label, n in zip(batch.column("label").to_pylist(), batch.column("rows").to_pylist()):
-            labels[label] += n
-            progress.committed += n
-            progress.update(n, 0)
+            if label == "":  # the batch's rows
+                rows_done += n
+                progress.committed += n
+                progress.update(n, 0)
+            else:
+                labels[label] += n
     progress.finish()
-    return {"rows": sum(labels.values()), "labels": dict(labels), "seconds": progress.elapsed()}
+    return {"rows": rows_done, "labels": dict(labels), "seconds": progress.elapsed()}
 
 
-def _label_distribution(out: OutputLayout) -> dict[str, int]:
-    """Rows per label over every committed file (this run's and earlier runs'), counted by Ray tasks."""
+def _label_distribution(out: OutputLayout, meta: dict[str, Any]) -> dict[str, int]:
+    """Label counts over every committed file (this run's and earlier runs'), counted by Ray tasks."""
     import ray
 
     from pipeline.cluster import map_files
 
     counter: collections.Counter[str] = collections.Counter()
-    for part in ray.get(map_files(out.fs, committed_files(out), _count_labels)):
+    for part in ray.get(map_files(out.fs, committed_files(out), _count_labels, meta)):
         counter.update(part)
     return dict(counter)
 
 
-def _count_labels(fs: Any, files: list[str]) -> dict[str, int]:
+def _count_labels(fs: Any, files: list[str], meta: dict[str, Any]) -> dict[str, int]:
+    from pipeline import tasks
+
+    kind = tasks.for_model(meta)
+    columns = [field.name for field in kind.prediction_fields()]
     counter: collections.Counter[str] = collections.Counter()
     for file in files:
-        table = pq.read_table(file, filesystem=fs, columns=["label"])
-        for item in pc.value_counts(table.column("label")).to_pylist():
-            counter[item["values"]] += item["counts"]
+        counter.update(kind.prediction_counts(pq.read_table(file, filesystem=fs, columns=columns)))
     return dict(counter)

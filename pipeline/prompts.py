@@ -50,11 +50,17 @@ def assistant_message(rationale: str, label: str) -> str:
 
 
 def build_messages(task: TaskConfig, text: str) -> list[dict[str, str]]:
-    """The chat for one text: instruction and labels, demos, then the text."""
-    messages = [{"role": "system", "content": system_message(task)}]
+    """The chat for one text: instruction and labels, demos, then the text.
+
+    The system turn and the demos' answers are in the task type's format (:mod:`pipeline.tasks`).
+    """
+    from pipeline import tasks
+
+    kind = tasks.get(task)
+    messages = [{"role": "system", "content": kind.system_message()}]
     for demo in task.demos:
         messages.append({"role": "user", "content": user_message(demo.text)})
-        messages.append({"role": "assistant", "content": assistant_message(demo.rationale, demo.label)})
+        messages.append({"role": "assistant", "content": kind.demo_answer(demo)})
     messages.append({"role": "user", "content": user_message(text)})
     return messages
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from pipeline import prompts, storage
-from pipeline.config import ABSTAIN, Config
+from pipeline import prompts, storage, tasks
+from pipeline.config import ABSTAIN, Config, TaskConfig
 from pipeline.smoke import SMOKE_WARNING
 
 HISTOGRAM_EDGES = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
@@ -24,34 +24,37 @@ def consistency_bin(value: float) -> str:
     return "1.0"
 
 
-_SUMMARY_COLUMNS = ["hard_label", "consistency", "votes", "truncated", "prompt_tokens", "completion_tokens"]
+_SUMMARY_COLUMNS = ["consistency", "n_valid", "votes", "truncated", "prompt_tokens", "completion_tokens"]
 
 
-def _labelled_files_summary(fs: Any, files: list[str]) -> dict[str, collections.Counter]:
+def _labelled_files_summary(fs: Any, files: list[str], task: TaskConfig) -> dict[str, collections.Counter]:
     """Counts over a group of committed files (one task's share; summed on the driver)."""
     import pyarrow.parquet as pq
 
+    kind = tasks.get(task)
+    columns = _SUMMARY_COLUMNS + [field.name for field in kind.label_fields()]
     summary: dict[str, collections.Counter] = {
-        "totals": collections.Counter(), "labels": collections.Counter(), "histogram": collections.Counter()}
+        "totals": collections.Counter(), "labels": collections.Counter(), "histogram": collections.Counter(),
+        "answers": collections.Counter()}
     for file in files:  # one file at a time: a task's memory stays at one file's columns
-        table = pq.read_table(file, filesystem=fs, columns=_SUMMARY_COLUMNS)
+        table = pq.read_table(file, filesystem=fs, columns=columns)
         flat_votes = pc.list_flatten(table.column("votes"))
         summary["totals"].update({
             "rows": table.num_rows,
-            "abstained_rows": table.column("hard_label").null_count,
+            "abstained_rows": pc.sum(pc.equal(table.column("n_valid"), 0)).as_py() or 0,
             "votes": len(flat_votes),
             "abstained_votes": pc.sum(pc.equal(flat_votes, ABSTAIN)).as_py() or 0,
             "truncated_rows": pc.sum(table.column("truncated")).as_py() or 0,
             "prompt_tokens": pc.sum(table.column("prompt_tokens")).as_py() or 0,
             "completion_tokens": pc.sum(table.column("completion_tokens")).as_py() or 0,
         })
-        for label, n in zip(*pc.value_counts(table.column("hard_label").drop_null()).flatten()):
-            summary["labels"][label.as_py()] += n.as_py()
+        summary["labels"].update(kind.label_counts(table))
+        summary["answers"].update(kind.answer_counts(table))
         summary["histogram"].update(consistency_bin(v) for v in table.column("consistency").to_pylist())
     return summary
 
 
-def summarize_labelled(out: Any) -> dict[str, Any]:
+def summarize_labelled(out: Any, task: TaskConfig) -> dict[str, Any]:
     """Counts over every committed labelled row: Ray tasks read the files in parallel and
     summarise them; the driver adds up one small summary per task."""
     import ray
@@ -61,11 +64,13 @@ def summarize_labelled(out: Any) -> dict[str, Any]:
     totals: collections.Counter[str] = collections.Counter()
     labels: collections.Counter[str] = collections.Counter()
     histogram: collections.Counter[str] = collections.Counter()
+    answers: collections.Counter[str] = collections.Counter()
     files = storage.list_files(out.fs, out.data, (".parquet",))
-    for part in ray.get(map_files(out.fs, files, _labelled_files_summary)):
+    for part in ray.get(map_files(out.fs, files, _labelled_files_summary, task)):
         totals.update(part["totals"])
         labels.update(part["labels"])
         histogram.update(part["histogram"])
+        answers.update(part["answers"])
     order = [f"[{lo:.1f},{hi:.1f})" for lo, hi in zip(HISTOGRAM_EDGES, HISTOGRAM_EDGES[1:])] + ["1.0"]
     keys = ["rows", "abstained_rows", "votes", "abstained_votes", "truncated_rows", "prompt_tokens",
             "completion_tokens"]
@@ -73,6 +78,7 @@ def summarize_labelled(out: Any) -> dict[str, Any]:
         **{key: int(totals.get(key, 0)) for key in keys},
         "label_distribution": dict(labels),
         "consistency_histogram": {b: histogram.get(b, 0) for b in order},
+        "answers_left_out": dict(answers),
     }
 
 
@@ -89,7 +95,7 @@ def labeling_report(
     wall_seconds: float,
     smoke: bool,
 ) -> dict[str, Any]:
-    total = summarize_labelled(out)
+    total = summarize_labelled(out, config.task)
     labelling_seconds = run.get("wall_seconds", 0.0)
     # Engine time per actor, start-up excluded: the summed time actors spent in
     # their batches, spread over the actors that ran in parallel.
@@ -124,6 +130,8 @@ def labeling_report(
            if config.data.demos_column else {}),
         "votes": {"total": total["votes"], "abstained": total["abstained_votes"]},
         "label_distribution": label_distribution,
+        **({"task_type": config.task.type} if config.task.type != "classification" else {}),
+        **({"answers_left_out": total["answers_left_out"]} if total["answers_left_out"] else {}),
         "consistency_histogram": total["consistency_histogram"],
         "tokens": {
             "prompt_this_run": run["prompt_tokens"],
@@ -170,6 +178,8 @@ def format_labeling_report(report: dict[str, Any]) -> str:
         f"excluding engine start-up {time_['rows_per_second_excluding_start_up']} rows/s, "
         f"{time_['completion_tokens_per_second_excluding_start_up']} completion tokens/s",
         "  labels      " + ", ".join(f"{k}: {v}" for k, v in report["label_distribution"].items()),
+        *(["  left out    " + ", ".join(f"{k}: {v}" for k, v in report["answers_left_out"].items())]
+          if report.get("answers_left_out") else []),
         "  consistency " + ", ".join(f"{k}: {v}" for k, v in report["consistency_histogram"].items()),
     ]
     if "per_row_demos" in report:

@@ -139,6 +139,10 @@ def run_rounds(config: Config, *, log: Callable[[str], None] = print, client: An
 
 def preflight(config: Config) -> None:
     """Everything checkable before any job is submitted: gold sets, round-0 data, the job files."""
+    if config.task.type != "classification":
+        # The strategies ask the teacher for new examples of one class each (errors, class mixes, demos).
+        raise ConfigError(f"task.type: rounds work on classification tasks; this task is {config.task.type} "
+                          "(label and distil it with `raydistill label` and `raydistill distill`)")
     label_names = config.task.label_names
     load_gold(config.distill.validation, label_names, "distill.validation", config.storage)
     if config.distill.test:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 SMOKE_WARNING = (
     "SMOKE MODE: the teacher is a tiny randomly initialised model built on the spot. "
@@ -30,23 +30,28 @@ _BASE_WORDS = (
 ).split()
 
 
-def build_tiny_teacher(path: str | Path, label_names: Sequence[str], corpus: Sequence[str] = ()) -> Path:
+def build_tiny_teacher(path: str | Path, label_names: Sequence[str], corpus: Sequence[str] = (),
+                       answer_tokens: Optional[Sequence[str]] = None) -> Path:
     """Write a random tiny Llama with a BPE tokenizer and chat template to ``path``.
 
-    Hidden size 128 with 2 heads gives head_dim 64, the smallest the CPU
-    attention kernels of vLLM accept.
+    ``answer_tokens``: strings (one token each) its output head favours; by default a classification
+    answer's (``Answer:``, a newline, each label name). The task types give theirs
+    (:meth:`~pipeline.tasks.base.TaskType.smoke_answers`). Hidden size 128 with 2 heads gives
+    head_dim 64, the smallest the CPU attention kernels of vLLM accept.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     path = Path(path)
-    if (path / "config.json").exists() and _same_labels(path, label_names):
+    if answer_tokens is None:
+        answer_tokens = [" Answer:", "\n", *[f" {name}" for name in label_names]]
+    answer_tokens = list(answer_tokens)
+    if (path / "config.json").exists() and _same_labels(path, label_names, answer_tokens):
         return path
     path.mkdir(parents=True, exist_ok=True)
 
     specials = ["<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
-    answer_tokens = [" Answer:", "\n", *[f" {name}" for name in label_names]]
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -79,7 +84,8 @@ def build_tiny_teacher(path: str | Path, label_names: Sequence[str], corpus: Seq
     model = LlamaForCausalLM(config)
     _tilt_output_head(model, [tokenizer.convert_tokens_to_ids(t) for t in answer_tokens])
     model.save_pretrained(path, safe_serialization=True)
-    (path / "raydistill_smoke.json").write_text(json.dumps({"labels": list(label_names)}))
+    (path / "raydistill_smoke.json").write_text(json.dumps({"labels": list(label_names),
+                                                            "answer_tokens": answer_tokens}))
     return path
 
 
@@ -102,9 +108,13 @@ def _tilt_output_head(model, favoured_ids: list[int]) -> None:
         head[favoured_ids, 0] = 1.5
 
 
-def _same_labels(path: Path, label_names: Sequence[str]) -> bool:
+def _same_labels(path: Path, label_names: Sequence[str], answer_tokens: list[str]) -> bool:
     marker = path / "raydistill_smoke.json"
-    return marker.exists() and json.loads(marker.read_text()).get("labels") == list(label_names)
+    if not marker.exists():
+        return False
+    built = json.loads(marker.read_text())
+    default = [" Answer:", "\n", *[f" {name}" for name in label_names]]  # teachers built before answer_tokens
+    return built.get("labels") == list(label_names) and built.get("answer_tokens", default) == answer_tokens
 
 
 def build_tiny_student(path: str | Path, corpus: Sequence[str] = ()) -> Path:

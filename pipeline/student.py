@@ -52,8 +52,9 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.
             "attention_mask": encoded["attention_mask"].astype(np.int64)}
 
 
-def tokenizing_collate(model: str, max_length: int) -> Any:
-    """An ``iter_torch_batches`` collate: rows (text, hard, soft) -> model inputs and targets.
+def tokenizing_collate(model: str, max_length: int, task: Any) -> Any:
+    """An ``iter_torch_batches`` collate: training rows -> model inputs and targets, by the task type
+    (``task``: its TaskConfig; :meth:`~pipeline.tasks.base.TaskType.collate`).
 
     Ray Data calls it from its prefetch threads, so tokenising overlaps the
     training step. Each thread has its own tokenizer: a fast tokenizer sets
@@ -63,6 +64,10 @@ def tokenizing_collate(model: str, max_length: int) -> Any:
     import threading
 
     from ray.data.collate_fn import NumpyBatchCollateFn
+
+    from pipeline import tasks
+
+    kind = tasks.get(task)
 
     class TokenizingCollate(NumpyBatchCollateFn):
         def __init__(self) -> None:
@@ -74,9 +79,7 @@ def tokenizing_collate(model: str, max_length: int) -> Any:
                 from transformers import AutoTokenizer
 
                 tokenizer = self._local.tokenizer = AutoTokenizer.from_pretrained(model)
-            encoded = tokenize(tokenizer, [str(t) for t in batch["text"]], max_length)
-            return {**{k: torch.from_numpy(v) for k, v in encoded.items()},
-                    "hard": torch.as_tensor(batch["hard"]), "soft": torch.as_tensor(np.asarray(batch["soft"]))}
+            return kind.collate(tokenizer, batch, max_length)
 
     return TokenizingCollate()
 
@@ -119,19 +122,19 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     import ray.train.torch
     from transformers import get_linear_schedule_with_warmup
 
-    from pipeline.losses import distill_loss
-    from pipeline.metrics import classification_report
+    from pipeline import tasks
 
     torch.manual_seed(cfg["seed"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    tokenizer, model = load_student(cfg["student_model"], cfg["labels"])
+    kind = tasks.get(cfg["task"])
+    tokenizer, model = kind.load_student(cfg["student_model"])
 
     start_epoch, history, state = 0, [], None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resume: weights, optimizer, schedule and the epochs (or part of one) already done
         with checkpoint.as_directory() as folder:
-            _, model = load_student(folder, cfg["labels"])
+            _, model = kind.load_student(folder)
             # weights_only: the checkpoint may come from a shared bucket, and unpickling it in full
             # would run whatever code a writer of that prefix put there. Optimizer and schedule state
             # are tensors and plain values, which the restricted loader reads.
@@ -156,7 +159,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
     use_amp = cfg["use_gpu"] and torch.cuda.is_available()
     shard = ray.train.get_dataset_shard("train")
-    collate = tokenizing_collate(cfg["student_model"], cfg["max_length"])
+    collate = tokenizing_collate(cfg["student_model"], cfg["max_length"], cfg["task"])
 
     every = cfg.get("checkpoint_every_batches") or 0
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -180,8 +183,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             if step < skip:
                 continue
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = distill_loss(logits.float(), cfg["mode"], batch["hard"], batch["soft"])
+                loss = kind.loss(model, batch, cfg["mode"])  # the loss itself in float32
             (loss / cfg["gradient_accumulation"]).backward()
             if (step + 1) % cfg["gradient_accumulation"] == 0:
                 _optimizer_step(model, optimizer, scheduler)
@@ -202,10 +204,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": mean_loss, "run_id": cfg["run_id"],
                                    "epoch_seconds": time.perf_counter() - epoch_started, "resumed_at_batch": skip}
         if rank == 0 and cfg["validation"]:
-            texts, labels = cfg["validation"]["texts"], cfg["validation"]["labels"]
-            probs = predict_proba(_unwrap(model), tokenizer, texts, cfg["max_length"])
-            evaluation = classification_report(np.array(labels), probs, cfg["labels"])
-            metrics.update(val_accuracy=evaluation["accuracy"], val_macro_f1=evaluation["macro_f1"])
+            texts, targets = cfg["validation"]["texts"], cfg["validation"]["targets"]
+            evaluation = kind.evaluate(targets, kind.predict(_unwrap(model), tokenizer, texts, cfg["max_length"]))
+            if "accuracy" in evaluation:
+                metrics["val_accuracy"] = evaluation["accuracy"]
+            metrics["val_macro_f1"] = evaluation["macro_f1"]
         history.append({k: v for k, v in metrics.items()})
         _report(metrics, rank, _unwrap(model), tokenizer, optimizer, scheduler, epoch, history)
 

@@ -23,13 +23,12 @@ from typing import Any, Iterator, Optional
 
 import pyarrow as pa
 
-from pipeline import prompts, schemas, storage
-from pipeline.answers import parse_answer
+from pipeline import prompts, schemas, storage, tasks
 from pipeline.committed import shard_name
 from pipeline.engine_loop import EngineLoop, EngineStopped
-from pipeline.config import ABSTAIN, Config, ConfigError, Demo, TaskConfig, TeacherConfig
+from pipeline.config import Config, ConfigError, Demo, TaskConfig, TeacherConfig
 from pipeline.faults import first_time
-from pipeline.votes import aggregate_votes
+from pipeline.tasks.base import TaskType
 
 # How an actor whose engine died ends its process, so that Ray starts it anew (visible in Ray's logs).
 ENGINE_DIED_EXIT_CODE = 86
@@ -165,27 +164,12 @@ def renderer_with_demos(
     raise AssertionError("unreachable")
 
 
-def label_rows(
-    completions: list[list[str]], label_names: list[str]
-) -> list[dict[str, Any]]:
-    """Votes, labels and rationale for each text from its k completions."""
+def label_rows(completions: list[list[str]], texts: list[str], kind: TaskType) -> list[dict[str, Any]]:
+    """Votes and the task type's columns (labels, consistency, rationale) for each text from its k completions."""
     rows = []
-    for samples in completions:
-        votes = [parse_answer(text, label_names) or ABSTAIN for text in samples]
-        result = aggregate_votes(votes, label_names)
-        rationale: Optional[str] = None
-        if result.hard_label is not None:
-            rationale = samples[votes.index(result.hard_label)].strip()
-        rows.append(
-            {
-                "votes": votes,
-                "hard_label": result.hard_label,
-                "soft_label": result.soft_label,
-                "consistency": result.consistency,
-                "n_valid": result.n_valid,
-                "rationale": rationale,
-            }
-        )
+    for samples, text in zip(completions, texts):
+        parsed = [kind.parse(sample, text) for sample in samples]
+        rows.append({"votes": [kind.vote(p) for p in parsed], **kind.aggregate(parsed, samples, text)})
     return rows
 
 
@@ -312,7 +296,8 @@ class TeacherLabeler:
                  faults: Optional[dict[str, str]] = None):
         teacher = config.teacher
         self.config = config
-        self.label_names = config.task.label_names
+        self.kind = tasks.for_config(config)
+        self.schema = self.kind.labelled_schema()
         self.prompt_hash = prompts.prompt_hash(config.task)
         self.data_fs, self.data_path = data_fs, data_path
         self.failed_path, self.attempts_path = failed_path, attempts_path
@@ -491,7 +476,8 @@ class TeacherLabeler:
         self.progress.flush()
 
         done = sorted(outputs)
-        labelled = label_rows([[sample.text for sample in outputs[p].outputs] for p in done], self.label_names)
+        labelled = label_rows([[sample.text for sample in outputs[p].outputs] for p in done],
+                              [texts[p] for p in done], self.kind)
         prompt_tokens = [len(outputs[p].prompt_token_ids) for p in done]
         completion_tokens = [sum(len(s.token_ids) for s in outputs[p].outputs) for p in done]
         if problems:
@@ -511,13 +497,13 @@ class TeacherLabeler:
                 "teacher_model": [teacher.model] * len(done),
                 "prompt_hash": [self.prompt_hash] * len(done),
             }
-            table = pa.Table.from_pydict(columns, schema=schemas.LABELLED)
+            table = pa.Table.from_pydict(columns, schema=self.schema)
             storage.write_parquet_atomic(self.data_fs, storage.join(self.data_path, name), table)
         return {
             "shard": name,
             "rows": len(done),
             "failed": len(problems),
-            "abstentions": sum(1 for row in labelled if row["hard_label"] is None),
+            "abstentions": sum(1 for row in labelled if row["n_valid"] == 0),
             "prompt_tokens": sum(prompt_tokens),
             "completion_tokens": sum(completion_tokens),
             "demos_dropped": demos_dropped,

@@ -3,11 +3,12 @@ import dataclasses
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline.config import ABSTAIN, ConfigError, Demo
+from pipeline import tasks
+from pipeline.config import ABSTAIN, ConfigError, Demo, config_from_dict
 from pipeline.prompts import build_messages
 from pipeline.committed import shard_name
 from pipeline.teacher import PromptRenderer, _Gate, label_rows, plan_run, renderer_with_demos
-from tests.conftest import LABELS
+from tests.conftest import LABELS, task_dict
 
 
 @pytest.fixture
@@ -66,7 +67,9 @@ def test_label_rows_parses_votes_and_keeps_a_majority_rationale():
         ["Because.\nAnswer: positive", "Answer: negative", "Hmm.\nAnswer: Positive", "no idea"],
         ["nothing", "Answer: maybe"],
     ]
-    first, second = label_rows(completions, LABELS)
+    kind = tasks.get(config_from_dict({"task": task_dict(), "teacher": {"model": "m"},
+                                       "data": {"input": "i", "output": "o"}}).task)
+    first, second = label_rows(completions, ["text one", "text two"], kind)
     assert first["votes"] == ["positive", "negative", "positive", ABSTAIN]
     assert first["hard_label"] == "positive" and first["n_valid"] == 3
     assert first["rationale"] == "Because.\nAnswer: positive"
