@@ -33,7 +33,10 @@ def smoke_config(config: Config, root: Optional[Path] = None) -> Config:
             "examples/data/, or point the config at your data, e.g. --set data.input=/path/to/train.jsonl"
         )
 
-    teacher_path = build_tiny_teacher(root / "teacher", config.task.label_names)
+    from pipeline import tasks
+
+    teacher_path = build_tiny_teacher(root / "teacher", config.task.label_names,
+                                      answer_tokens=tasks.for_config(config).smoke_answers())
     teacher = dataclasses.replace(
         config.teacher,
         model=str(teacher_path.resolve()),
