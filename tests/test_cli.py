@@ -65,3 +65,7 @@ def test_init_writes_a_starter_config_that_loads_and_never_overwrites(tmp_path, 
     assert "raydistill.yaml exists; pass --force" in capsys.readouterr().err
     assert written.read_text() == before
     assert main(["init", "-o", "other.yaml"]) == 0 and load_config(tmp_path / "other.yaml") == config
+    for kind in ("spans", "multilabel"):  # a starter per task type, each loading as it is
+        assert main(["init", kind, "-o", f"{kind}.yaml"]) == 0
+        typed = load_config(tmp_path / f"{kind}.yaml")
+        assert typed.task.type == kind and typed.task.demos and typed.distill is not None
