@@ -303,8 +303,42 @@ def submit_main(argv: list[str] | None = None) -> int:
     return submit(argv)
 
 
+def export_review_main(argv: list[str] | None = None) -> int:
+    from pipeline.review import MAX_TASKS, export_review, format_export_report
+
+    parser = _config_parser("export-review", "Write the rows the teacher is least sure of as Label Studio tasks "
+                                             "with its labels as pre-annotations, and the labelling config.")
+    parser.add_argument("output", help="folder for tasks.json, label_config.xml, manifest.json (local or s3://)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help=f"export the N most uncertain rows (required above {MAX_TASKS:,} labelled rows)")
+    parser.add_argument("--labels", default=None, help="the labelling job's output; default data.output")
+    args = parser.parse_args(argv)
+    manifest = export_review(_load(args), args.output, limit=args.limit, labels_uri=args.labels)
+    print(format_export_report(manifest, args.output))
+    return 0
+
+
+def import_review_main(argv: list[str] | None = None) -> int:
+    from pipeline.review import ReviewError, format_import_report, import_review
+
+    parser = _config_parser("import-review", "Turn Label Studio's JSON export of reviewed tasks into a gold set "
+                                             "(jsonl): the reviewer's labels where reviewed, else the teacher's.")
+    parser.add_argument("export_json", help="Label Studio's JSON export of the project (all tasks)")
+    parser.add_argument("output", help="gold jsonl file to write (local or s3://)")
+    parser.add_argument("--labels", default=None, help="the labelling job's output; default data.output")
+    args = parser.parse_args(argv)
+    try:
+        report = import_review(_load(args), args.export_json, args.output, labels_uri=args.labels)
+    except ReviewError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_import_report(report))
+    return 0
+
+
 COMMANDS = {"init": init_main, "smoke": smoke_main, "label": label_main, "distill": distill_main,
-            "predict": predict_main, "rounds": rounds_main, "submit": submit_main, "round-step": round_step_main}
+            "predict": predict_main, "rounds": rounds_main, "submit": submit_main, "round-step": round_step_main,
+            "export-review": export_review_main, "import-review": import_review_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, in two pytest processes side by side, each with about half of the slow
-# tests (Ray jobs, Ray Train runs, vLLM engines): tests/test_rounds.py and tests/test_distill.py in
-# one, everything else (FreeAL's rounds run among it) in the other. The same tests as
-# `.venv/bin/python -m pytest tests`, in about two thirds of the time on 2 cores. Extra arguments
-# go to both pytest runs. Fails if either run fails.
+# tests (Ray jobs, Ray Train runs, vLLM engines): tests/test_rounds.py, tests/test_distill.py and
+# tests/test_task_types_jobs.py in one, everything else (FreeAL's rounds run among it) in the
+# other. The same tests as `.venv/bin/python -m pytest tests`, in about two thirds of the time on
+# 2 cores. Extra arguments go to both pytest runs. Fails if either run fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-FIRST=(tests/test_rounds.py tests/test_distill.py)
+# The Label Studio round trip is part of the suite here: it fails, not skips, without Label Studio.
+export RAYDISTILL_REQUIRE_LABEL_STUDIO=1
+FIRST=(tests/test_rounds.py tests/test_distill.py tests/test_task_types_jobs.py)
 # The ten slowest tests of each run are listed at the end: where CI's time goes. A run still going
 # after 30 minutes (twice its usual time: something hangs) is interrupted, so that pytest prints the
 # failures so far and where each thread stood (faulthandler_timeout in pyproject.toml) before CI's own

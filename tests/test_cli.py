@@ -3,7 +3,8 @@ from pipeline.cli import main
 
 def test_unknown_command_prints_usage(capsys):
     assert main(["train"]) == 2
-    assert "usage: raydistill {init,smoke,label,distill,predict,rounds,submit,round-step}" in capsys.readouterr().err
+    assert ("usage: raydistill {init,smoke,label,distill,predict,rounds,submit,round-step,export-review,"
+            "import-review}") in capsys.readouterr().err
 
 
 def test_config_errors_are_reported_not_raised(tmp_path, capsys):
