@@ -37,7 +37,7 @@ Defaults: 800 train sentences, 2 epochs, batch 4 on 1 worker, learning rate 2e-4
 tokens). They fit the bench in about 30 minutes on a busy 2-core CPU, and give the student enough
 optimizer steps to leave the all-``O`` start (with 16 rows a step, 2 epochs of 1000 sentences left
 one teacher arm's student finding no entity at all); all 3394 sentences for 3 epochs would take
-hours. docs/spans_quality.md has the timings that chose them; with a GPU, ``--use-gpu --train-rows 0
+about two hours. docs/spans_quality.md has the timings that chose them; with a GPU, ``--use-gpu --train-rows 0
 --epochs 3 --batch-size 16``. ``--quick`` (600 train, 300 validation, 500 test sentences, 1 epoch)
 checks the mechanics in about 12 minutes; its student is too undertrained to be compared.
 """
