@@ -429,8 +429,8 @@ def format_distill_report(report: dict[str, Any]) -> str:
         f"{time_['train_samples_per_second']} samples/s",
     ]
     for name, scores in report["evaluation"].items():
-        figures = ", ".join(f"{key.replace('_', '-')} {value:.3f}" for key, value in scores.items()
-                            if key != "examples" and isinstance(value, float))
+        figures = ", ".join(f"{key.replace('_f1', '-F1').replace('_', ' ')} {value:.3f}"
+                            for key, value in scores.items() if key != "examples" and isinstance(value, float))
         lines.append(f"  {name:<8} {figures} ({scores['examples']} examples)")
     lines.append(f"  model    {report['model']}")
     return "\n".join(lines)

@@ -8,24 +8,37 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-# Output of the labelling job: one row per input id.
-LABELLED = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("text", pa.string(), nullable=False),
-        pa.field("votes", pa.list_(pa.string()), nullable=False),  # k labels or "<abstain>"
-        pa.field("hard_label", pa.string()),  # null when every vote abstained
-        pa.field("soft_label", pa.list_(pa.float64())),  # vote fractions in label order
-        pa.field("consistency", pa.float64(), nullable=False),  # share of the majority
-        pa.field("n_valid", pa.int32(), nullable=False),  # votes that named a label
-        pa.field("rationale", pa.string()),  # one majority sample, reasoning included
-        pa.field("prompt_tokens", pa.int64(), nullable=False),
-        pa.field("completion_tokens", pa.int64(), nullable=False),  # over all k samples
-        pa.field("truncated", pa.bool_(), nullable=False),  # text cut to fit the context
-        pa.field("teacher_model", pa.string(), nullable=False),
-        pa.field("prompt_hash", pa.string(), nullable=False),
-    ]
-)
+# Output of the labelling job: one row per input id. Columns before and after the task type's own
+# (pipeline/tasks/: classification's hard_label and soft_label, multilabel's labels and label_scores,
+# spans' spans, dropped_types and unaligned).
+LABELLED_HEAD = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("votes", pa.list_(pa.string()), nullable=False),  # k canonical answers or "<abstain>"
+]
+LABELLED_TAIL = [
+    pa.field("consistency", pa.float64(), nullable=False),  # agreement of the k samples, 0..1
+    pa.field("n_valid", pa.int32(), nullable=False),  # samples that parsed (0: the row abstained)
+    pa.field("rationale", pa.string()),  # one sample that agrees with the result, reasoning included
+    pa.field("prompt_tokens", pa.int64(), nullable=False),
+    pa.field("completion_tokens", pa.int64(), nullable=False),  # over all k samples
+    pa.field("truncated", pa.bool_(), nullable=False),  # text cut to fit the context
+    pa.field("teacher_model", pa.string(), nullable=False),
+    pa.field("prompt_hash", pa.string(), nullable=False),
+]
+CLASSIFICATION_LABELS = [
+    pa.field("hard_label", pa.string()),  # majority; null when every vote abstained
+    pa.field("soft_label", pa.list_(pa.float64())),  # vote fractions in label order
+]
+
+
+def labelled_schema(label_fields: list[pa.Field]) -> pa.Schema:
+    """A labelled row's schema with a task type's own columns."""
+    return pa.schema([*LABELLED_HEAD, *label_fields, *LABELLED_TAIL])
+
+
+# A classification task's labelled rows (the rounds' strategies work on these).
+LABELLED = labelled_schema(CLASSIFICATION_LABELS)
 
 # Rows the labelling job refused, with the reason; nothing is dropped silently.
 QUARANTINE = pa.schema(

@@ -26,17 +26,21 @@ HISTORY_FILE = "history.json"
 PARTIAL_SCORE = (-1.0, 1e30)
 
 
-def load_student(model: str, label_names: Sequence[str]) -> tuple[Any, Any]:
-    """Tokenizer and a classification model with ``len(label_names)`` outputs."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_student(model: str, label_names: Sequence[str], head: str = "sequence", **config: Any) -> tuple[Any, Any]:
+    """Tokenizer and a model with one output per name of ``label_names``: a sequence classifier, or
+    with ``head="token"`` a token classifier (one output per tag). ``config``: more model config
+    (``problem_type``)."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
+    model_class = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}[head]
     tokenizer = AutoTokenizer.from_pretrained(model)
-    classifier = AutoModelForSequenceClassification.from_pretrained(
+    classifier = model_class.from_pretrained(
         model,
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
         ignore_mismatched_sizes=True,  # a checkpoint with another head gets a fresh one
+        **config,
     )
     return tokenizer, classifier
 
@@ -94,15 +98,21 @@ def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int,
 def predict_with_embeddings(
     model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64, embeddings: bool = True,
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """Class probabilities and, with ``embeddings``, the encoder's mean-pooled last hidden state per text."""
+    """Class probabilities and, with ``embeddings``, the encoder's mean-pooled last hidden state per text.
+
+    Probabilities are a softmax over the classes, or for a multi-label model (``problem_type``
+    ``multi_label_classification``) one sigmoid per label.
+    """
     model.eval()
     device = next(model.parameters()).device
+    multi_label = model.config.problem_type == "multi_label_classification"
     probabilities, pooled = [], []
     for start in range(0, len(texts), batch_size):
         batch = tokenize(tokenizer, texts[start:start + batch_size], max_length)
         inputs = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
         out = model(**inputs, output_hidden_states=embeddings)
-        probabilities.append(out.logits.float().softmax(dim=-1).cpu().numpy())
+        logits = out.logits.float()
+        probabilities.append((logits.sigmoid() if multi_label else logits.softmax(dim=-1)).cpu().numpy())
         if embeddings:
             mask = inputs["attention_mask"].unsqueeze(-1).float()
             hidden = out.hidden_states[-1].float()

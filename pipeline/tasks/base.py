@@ -1,12 +1,12 @@
 """What a task type is: the one place that knows its prompt, answers, votes, columns, student and metrics.
 
 The stages (labelling, distillation, prediction, evaluation, reports, review) never ask which type a
-task is: they call the methods of its :class:`TaskType`, got from :func:`pipeline.tasks.task_type`.
-A type is built from the task's config and the teacher's sample count (``teacher.samples``), which
-its vote rules read: ``tasks.for_config(config)`` or ``tasks.get(task, samples)``.
+task is: they call the methods of its :class:`TaskType`. A type is built from the task's config and
+the teacher's sample count (``teacher.samples``), which its vote rules read:
+``tasks.for_config(config)`` or ``tasks.get(task, samples)`` (:mod:`pipeline.tasks`).
 
-Columns every labelled row has, whatever the type (:func:`labelled_schema`): ``id``, ``text``,
-``votes`` (one canonical string per sample, :data:`~pipeline.config.ABSTAIN` for an answer that
+Columns every labelled row has, whatever the type (:func:`pipeline.schemas.labelled_schema`): ``id``,
+``text``, ``votes`` (one canonical string per sample, :data:`~pipeline.config.ABSTAIN` for an answer that
 parsed to nothing), then the type's own columns (:meth:`TaskType.label_fields`), then
 ``consistency`` (how much the k samples agree, 0..1, 0 for an abstention), ``n_valid`` (samples that
 parsed), ``rationale`` (one sample that agrees with the result), and the token and provenance columns.
@@ -16,34 +16,13 @@ A row *abstains* when ``n_valid == 0``.
 from __future__ import annotations
 
 import abc
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 
+from pipeline import schemas
 from pipeline.config import Demo, TaskConfig
-
-# Columns before and after the type's own in every labelled row.
-HEAD_FIELDS = [
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("text", pa.string(), nullable=False),
-    pa.field("votes", pa.list_(pa.string()), nullable=False),  # k canonical answers or "<abstain>"
-]
-TAIL_FIELDS = [
-    pa.field("consistency", pa.float64(), nullable=False),  # agreement of the k samples, 0..1
-    pa.field("n_valid", pa.int32(), nullable=False),  # samples that parsed
-    pa.field("rationale", pa.string()),  # one sample that agrees with the result, reasoning included
-    pa.field("prompt_tokens", pa.int64(), nullable=False),
-    pa.field("completion_tokens", pa.int64(), nullable=False),  # over all k samples
-    pa.field("truncated", pa.bool_(), nullable=False),  # text cut to fit the context
-    pa.field("teacher_model", pa.string(), nullable=False),
-    pa.field("prompt_hash", pa.string(), nullable=False),
-]
-
-
-def labelled_schema(label_fields: Sequence[pa.Field]) -> pa.Schema:
-    return pa.schema([*HEAD_FIELDS, *label_fields, *TAIL_FIELDS])
-
 
 class TaskType(abc.ABC):
     """One task type. Subclasses set ``name`` and ``modes`` and implement every abstract method."""
@@ -90,7 +69,7 @@ class TaskType(abc.ABC):
         """The type's own columns of a labelled row, in order."""
 
     def labelled_schema(self) -> pa.Schema:
-        return labelled_schema(self.label_fields())
+        return schemas.labelled_schema(self.label_fields())
 
     def smoke_answers(self) -> list[str]:
         """Strings (one token each) the tiny random smoke teacher favours, so that its noise holds

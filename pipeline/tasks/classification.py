@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import prompts
+from pipeline import prompts, schemas
 from pipeline.answers import parse_answer
 from pipeline.config import ABSTAIN, Demo
 from pipeline.errors import ConfigError
@@ -66,8 +66,7 @@ class Classification(TaskType):
                 "consistency": result.consistency, "n_valid": result.n_valid, "rationale": rationale}
 
     def label_fields(self) -> list[pa.Field]:
-        return [pa.field("hard_label", pa.string()),  # null when every vote abstained
-                pa.field("soft_label", pa.list_(pa.float64()))]  # vote fractions in label order
+        return schemas.CLASSIFICATION_LABELS
 
     def label_counts(self, table: pa.Table) -> dict[str, int]:
         counts = pc.value_counts(table.column("hard_label").drop_null()).to_pylist()

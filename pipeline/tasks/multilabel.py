@@ -93,12 +93,10 @@ class Multilabel(TaskType):
 
     # ---------------------------------------------------------------- teacher
     def system_message(self) -> str:
-        task = self.task
-        label_lines = "\n".join(f"- {label.name}: {label.description}" for label in task.labels)
         choices = ", ".join(self.label_names)
         return (
-            f"{task.instruction.strip()}\n\n"
-            f"Labels:\n{label_lines}\n\n"
+            f"{self.task.instruction.strip()}\n\n"
+            f"Labels:\n{prompts.label_lines(self.task)}\n\n"
             "A text may have any number of these labels, or none. Reason briefly in a few sentences, "
             "then give the final answer on its own last line as "
             f"'{prompts.ANSWER_PREFIX} <label>, <label>', naming every label that applies, separated by "
@@ -230,18 +228,9 @@ class Multilabel(TaskType):
 
     # ---------------------------------------------------------------- student
     def load_student(self, model: str) -> tuple[Any, Any]:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from pipeline.student import load_student
 
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        student = AutoModelForSequenceClassification.from_pretrained(
-            model,
-            num_labels=len(self.label_names),
-            problem_type="multi_label_classification",
-            id2label=dict(enumerate(self.label_names)),
-            label2id={name: i for i, name in enumerate(self.label_names)},
-            ignore_mismatched_sizes=True,  # a checkpoint with another head gets a fresh one
-        )
-        return tokenizer, student
+        return load_student(model, self.label_names, problem_type="multi_label_classification")
 
     def train_rows(self, rows: pa.Table) -> dict[str, np.ndarray]:
         """``text``, ``hard`` (multi-hot, n x labels) and ``soft`` (the shares, n x labels), float32."""
@@ -312,19 +301,9 @@ class Multilabel(TaskType):
 
     def predict(self, model: Any, tokenizer: Any, texts: list[str], max_length: int,
                 batch_size: int = 64) -> dict[str, list[Any]]:
-        import torch
+        from pipeline.student import predict_proba
 
-        from pipeline.student import tokenize
-
-        model.eval()
-        device = next(model.parameters()).device
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, len(texts), batch_size):
-                encoded = tokenize(tokenizer, texts[start:start + batch_size], max_length)
-                inputs = {key: torch.from_numpy(value).to(device) for key, value in encoded.items()}
-                chunks.append(model(**inputs).logits.float().sigmoid().cpu().numpy())
-        probabilities = np.concatenate(chunks) if chunks else np.zeros((0, len(self.label_names)), np.float32)
+        probabilities = predict_proba(model, tokenizer, texts, max_length, batch_size)  # sigmoids: a multi-label head
         on = probabilities >= PREDICTION_THRESHOLD
         return {"labels": [[name for name, bit in zip(self.label_names, row) if bit] for row in on],
                 "probabilities": probabilities.tolist()}

@@ -387,10 +387,9 @@ class Spans(TaskType):
 
     # ---------------------------------------------------------------- teacher
     def system_message(self) -> str:
-        types = "\n".join(f"- {label.name}: {label.description}" for label in self.task.labels)
         return (
             f"{self.task.instruction.strip()}\n\n"
-            f"Entity types:\n{types}\n\n"
+            f"Entity types:\n{prompts.label_lines(self.task)}\n\n"
             "Reason briefly in a few sentences, then end with a line "
             f"'{prompts.ANSWER_PREFIX}' followed by a JSON list of the entities in the text: "
             '[{"text": "...", "type": "..."}]. Copy each entity\'s text exactly as it is written in '
@@ -405,9 +404,7 @@ class Spans(TaskType):
                        key=lambda j: placed[j][0] if placed[j] is not None else len(demo.text))
         answer = json.dumps([{"text": demo.entities[j].text, "type": demo.entities[j].type} for j in order],
                             ensure_ascii=False)
-        if not demo.rationale.strip():
-            return f"{prompts.ANSWER_PREFIX} {answer}"
-        return f"Reasoning: {demo.rationale.strip()}\n{prompts.ANSWER_PREFIX} {answer}"
+        return prompts.assistant_message(demo.rationale, answer)
 
     def parse(self, completion: str, text: str) -> Optional[SpanAnswer]:
         return parse_entities(completion, text, self.label_names)
@@ -482,20 +479,12 @@ class Spans(TaskType):
 
     # ---------------------------------------------------------------- student
     def load_student(self, model: str) -> tuple[Any, Any]:
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from pipeline.student import load_student
 
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        tokenizer, student = load_student(model, bio_tags(self.label_names), head="token")
         if not tokenizer.is_fast:
             raise ConfigError(f"student.model: {model} has no fast tokenizer; span tasks need its "
                               "character offsets")
-        tags = bio_tags(self.label_names)
-        student = AutoModelForTokenClassification.from_pretrained(
-            model,
-            num_labels=len(tags),
-            id2label=dict(enumerate(tags)),
-            label2id={tag: i for i, tag in enumerate(tags)},
-            ignore_mismatched_sizes=True,  # a checkpoint with another head gets a fresh one
-        )
         return tokenizer, student
 
     def train_rows(self, rows: pa.Table) -> dict[str, np.ndarray]:
