@@ -15,6 +15,7 @@ from pipeline.config import Config, ConfigError, load_config
 from pipeline.corpus import InputError
 from pipeline.distill import LabelDataError
 from pipeline.evaluate import GoldSetError
+from pipeline.review import ReviewError
 from pipeline.rounds import StepFailed
 from pipeline.schemas import SchemaError
 from pipeline.submit import in_uploaded_working_dir, refuse_relative_paths, smoke_root
@@ -319,7 +320,7 @@ def export_review_main(argv: list[str] | None = None) -> int:
 
 
 def import_review_main(argv: list[str] | None = None) -> int:
-    from pipeline.review import ReviewError, format_import_report, import_review
+    from pipeline.review import format_import_report, import_review
 
     parser = _config_parser("import-review", "Turn Label Studio's JSON export of reviewed tasks into a gold set "
                                              "(jsonl): the reviewer's labels where reviewed, else the teacher's.")
@@ -327,11 +328,7 @@ def import_review_main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="gold jsonl file to write (local or s3://)")
     parser.add_argument("--labels", default=None, help="the labelling job's output; default data.output")
     args = parser.parse_args(argv)
-    try:
-        report = import_review(_load(args), args.export_json, args.output, labels_uri=args.labels)
-    except ReviewError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    report = import_review(_load(args), args.export_json, args.output, labels_uri=args.labels)
     print(format_import_report(report))
     return 0
 
@@ -352,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, InputError, SchemaError, LabelDataError, GoldSetError, StepFailed) as err:
+    except (ConfigError, InputError, SchemaError, LabelDataError, GoldSetError, ReviewError, StepFailed) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -35,7 +35,6 @@ from pipeline.faults import injected_faults
 from pipeline.selection import keep_mask, kept_at_thresholds
 
 
-
 def train_columns(kind: Any) -> list[str]:
     """The labelled columns distillation reads: id, text, the task type's label columns, the vote counts."""
     return ["id", "text", *(field.name for field in kind.label_fields()), "consistency", "n_valid"]

@@ -30,6 +30,11 @@ _BASE_WORDS = (
 ).split()
 
 
+def classification_answer_tokens(label_names: Sequence[str]) -> list[str]:
+    """What a classification answer is made of: ``Answer:``, a newline, each label name."""
+    return [" Answer:", "\n", *[f" {name}" for name in label_names]]
+
+
 def build_tiny_teacher(path: str | Path, label_names: Sequence[str], corpus: Sequence[str] = (),
                        answer_tokens: Optional[Sequence[str]] = None) -> Path:
     """Write a random tiny Llama with a BPE tokenizer and chat template to ``path``.
@@ -44,9 +49,7 @@ def build_tiny_teacher(path: str | Path, label_names: Sequence[str], corpus: Seq
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     path = Path(path)
-    if answer_tokens is None:
-        answer_tokens = [" Answer:", "\n", *[f" {name}" for name in label_names]]
-    answer_tokens = list(answer_tokens)
+    answer_tokens = list(classification_answer_tokens(label_names) if answer_tokens is None else answer_tokens)
     if (path / "config.json").exists() and _same_labels(path, label_names, answer_tokens):
         return path
     path.mkdir(parents=True, exist_ok=True)
@@ -113,7 +116,7 @@ def _same_labels(path: Path, label_names: Sequence[str], answer_tokens: list[str
     if not marker.exists():
         return False
     built = json.loads(marker.read_text())
-    default = [" Answer:", "\n", *[f" {name}" for name in label_names]]  # teachers built before answer_tokens
+    default = classification_answer_tokens(label_names)  # what a teacher built before answer_tokens favours
     return built.get("labels") == list(label_names) and built.get("answer_tokens", default) == answer_tokens
 
 

@@ -74,7 +74,9 @@ class TaskType(abc.ABC):
     def smoke_answers(self) -> list[str]:
         """Strings (one token each) the tiny random smoke teacher favours, so that its noise holds
         answers this type parses (smoke mode and tests; :func:`pipeline.smoke.build_tiny_teacher`)."""
-        return [" Answer:", "\n", *[f" {name}" for name in self.label_names]]
+        from pipeline.smoke import classification_answer_tokens
+
+        return classification_answer_tokens(self.label_names)
 
     @abc.abstractmethod
     def label_counts(self, table: pa.Table) -> dict[str, int]:
