@@ -24,6 +24,14 @@ import pyarrow as pa
 from pipeline import schemas
 from pipeline.config import Demo, TaskConfig
 
+def object_array(values: list[Any]) -> np.ndarray:
+    """A 1-D object array of ``values`` (texts, JSON strings) for training rows: Ray Data carries it as
+    it is, where ``np.array`` could read a list of lists as a matrix."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
 class TaskType(abc.ABC):
     """One task type. Subclasses set ``name`` and ``modes`` and implement every abstract method."""
 

@@ -23,7 +23,7 @@ from pipeline.answers import parse_answer
 from pipeline.config import ABSTAIN, Demo
 from pipeline.errors import ConfigError
 from pipeline.selection import DEFAULT_MIN_CONSISTENCY
-from pipeline.tasks.base import TaskType
+from pipeline.tasks.base import TaskType, object_array
 from pipeline.votes import aggregate_votes
 
 
@@ -97,10 +97,8 @@ class Classification(TaskType):
     def train_rows(self, rows: pa.Table) -> dict[str, np.ndarray]:
         index = {name: i for i, name in enumerate(self.label_names)}
         soft = rows.column("soft_label").to_pylist()
-        texts = np.empty(rows.num_rows, dtype=object)
-        texts[:] = rows.column("text").to_pylist()
         return {
-            "text": texts,
+            "text": object_array(rows.column("text").to_pylist()),
             "hard": np.array([index[h] for h in rows.column("hard_label").to_pylist()], dtype=np.int64),
             "soft": np.array(soft, dtype=np.float32).reshape(len(soft), len(index)),
         }

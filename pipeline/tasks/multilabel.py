@@ -35,7 +35,7 @@ from pipeline import prompts
 from pipeline.answers import _MARKER, answer_segment, normalize
 from pipeline.config import ABSTAIN, Demo, TaskConfig
 from pipeline.errors import ConfigError
-from pipeline.tasks.base import TaskType
+from pipeline.tasks.base import TaskType, object_array
 
 # Answers (normalised) that mean "no label applies": the empty set, a valid answer.
 NONE_ANSWERS = frozenset({
@@ -248,8 +248,7 @@ class Multilabel(TaskType):
         positions = pc.index_in(pc.list_flatten(labels), value_set=pa.array(self.label_names, pa.string()))
         hard[pc.list_parent_indices(labels).to_numpy(), positions.to_numpy(zero_copy_only=False)] = 1.0
         soft = pc.list_flatten(scores).to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, width)
-        text = np.array(rows.column("text").to_pylist(), dtype=object)
-        return {"text": text, "hard": hard, "soft": soft}
+        return {"text": object_array(rows.column("text").to_pylist()), "hard": hard, "soft": soft}
 
     def collate(self, tokenizer: Any, batch: dict[str, np.ndarray], max_length: int) -> dict[str, Any]:
         import torch

@@ -62,7 +62,7 @@ from pipeline import prompts
 from pipeline.answers import normalize
 from pipeline.config import ABSTAIN, Demo
 from pipeline.errors import ConfigError
-from pipeline.tasks.base import TaskType
+from pipeline.tasks.base import TaskType, object_array
 
 SPAN = pa.struct([
     pa.field("start", pa.int32()),  # character offset into the text
@@ -494,7 +494,7 @@ class Spans(TaskType):
             if row_spans is not None:
                 texts.append(text)
                 spans.append(json.dumps([list(s) for s in _triples(row_spans)], ensure_ascii=False))
-        return {"text": _objects(texts), "spans": _objects(spans)}
+        return {"text": object_array(texts), "spans": object_array(spans)}
 
     def collate(self, tokenizer: Any, batch: dict[str, np.ndarray], max_length: int) -> dict[str, Any]:
         import torch
@@ -625,9 +625,3 @@ def _gold_span_problem(span: Any, text: str, label_names: Sequence[str]) -> Opti
     if "text" in span and text[start:end] != span["text"]:
         return f"text {span['text']!r} is not the text at [{start}, {end}): {text[start:end]!r}"
     return None
-
-
-def _objects(values: list[Any]) -> np.ndarray:
-    array = np.empty(len(values), dtype=object)
-    array[:] = values
-    return array
