@@ -13,7 +13,8 @@ import re
 from typing import Optional, Sequence
 
 _MARKER = re.compile(r"answer\s*(?:is\s*)?[:：=\-]|answer\s+is\b|final answer\b", re.IGNORECASE)
-_NEGATION = re.compile(r"\b(?:not|no|neither|nor|isn t|is not)\s*$")
+# Words that, just before a label's name, negate it ("not positive"); read on normalised text.
+NEGATION = re.compile(r"\b(?:not|no|neither|nor|isn t|is not)\s*$")
 
 
 def normalize(text: str) -> str:
@@ -23,15 +24,20 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+def answer_tail(completion: str) -> Optional[str]:
+    """Everything after the last ``Answer:`` marker of a completion; None when it has none."""
+    markers = list(_MARKER.finditer(completion))
+    return completion[markers[-1].end():] if markers else None
+
+
 def answer_segment(completion: str) -> str:
     """The part of a completion that holds the final answer.
 
     The text after the last ``Answer:`` marker up to the end of its line; with no
     marker, the last non-empty line (models often end with the bare label).
     """
-    markers = list(_MARKER.finditer(completion))
-    if markers:
-        tail = completion[markers[-1].end():]
+    tail = answer_tail(completion)
+    if tail is not None:
         lines = [line for line in tail.splitlines() if line.strip()]
         return lines[0] if lines else ""
     lines = [line for line in completion.splitlines() if line.strip()]
@@ -59,6 +65,6 @@ def parse_answer(completion: str, label_names: Sequence[str]) -> Optional[str]:
         return None
     (norm,) = found
     before = padded[: padded.index(f" {norm} ")]
-    if _NEGATION.search(before):
+    if NEGATION.search(before):
         return None
     return by_norm[norm]

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import prompts
-from pipeline.answers import _MARKER, answer_segment, normalize
+from pipeline.answers import NEGATION, answer_segment, answer_tail, normalize
 from pipeline.config import ABSTAIN, Demo, TaskConfig
 from pipeline.errors import ConfigError
 from pipeline.tasks.base import TaskType, object_array
@@ -45,7 +45,6 @@ NONE_ANSWERS = frozenset({
 _SEPARATORS = re.compile(r"[,;\n]")
 _AND = re.compile(r"(?<!\S)and(?!\S)")
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s")
-_NEGATION = re.compile(r"\b(?:not|no|neither|nor|isn t|is not)\s*$")
 # Shares are ratios of small counts; the tolerance keeps 0.7 * 10 (7.000000000000001) from switching
 # off a label 7 of 10 samples name at threshold 0.7.
 _SHARE_TOLERANCE = 1e-9
@@ -162,7 +161,7 @@ class Multilabel(TaskType):
         # "very negative" also holds "negative": drop a mention inside a longer one.
         mentions = [(s, e, n) for s, e, n in mentions
                     if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s) for s2, e2, _ in mentions)]
-        named = {norm for start, _, norm in mentions if not _NEGATION.search(item[:start])}
+        named = {norm for start, _, norm in mentions if not NEGATION.search(item[:start])}
         return by_norm[named.pop()] if len(named) == 1 else None
 
     def vote(self, parsed: Optional[tuple[str, ...]]) -> str:
@@ -387,19 +386,18 @@ def _answer_lines(completion: str) -> tuple[str, bool]:
     :func:`pipeline.answers.answer_segment` (the line after the last marker, or the last line), plus
     the bullet lines that follow it when it starts a list ("Answer:\\n- sports\\n- politics").
     """
-    markers = list(_MARKER.finditer(completion))
-    segment = answer_segment(completion)
-    if not markers:
-        return segment, False
-    lines = [line for line in completion[markers[-1].end():].splitlines() if line.strip()]
+    tail = answer_tail(completion)
+    if tail is None:
+        return answer_segment(completion), False
+    lines = [line for line in tail.splitlines() if line.strip()]
     if lines and _BULLET.match(lines[0]):
         bullets = [lines[0]]
         for line in lines[1:]:
             if not _BULLET.match(line):
                 break
             bullets.append(line)
-        segment = "\n".join(bullets)
-    return segment, True
+        return "\n".join(bullets), True
+    return (lines[0] if lines else ""), True
 
 
 def _matrix(values: Any) -> np.ndarray:
