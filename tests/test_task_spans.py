@@ -18,7 +18,9 @@ from pipeline.tasks.spans import (
 
 LABELS = ["person", "location", "creative-work"]
 BIO = bio_tags(LABELS)
-WNUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wnut17"
+# The WNUT-17 sample that ships with the project (examples/data/README.md), so a clean clone has it.
+WNUT = Path(__file__).resolve().parents[1] / "examples" / "data" / "wnut17"
+WNUT_LABELS = ["person", "location", "corporation", "product", "creative-work", "group"]
 
 
 def task(**overrides) -> TaskConfig:
@@ -328,8 +330,12 @@ def test_subword_tokens_continue_the_span_and_decode_round_trips(student):
     encoded = encode_texts(tokenizer, [text], 64)
     offsets, mask = np.asarray(encoded["offset_mapping"])[0], text_token_mask(encoded)[0]
     tags = encode_bio(spans, offsets, mask, LABELS)
-    assert tokenizer.tokenize("Parisian") == ["paris", "##i", "##an"]  # pieces of a word, all inside the span
-    assert [BIO[t] for t in tags[mask][:4]] == ["B-location", "I-location", "I-location", "O"]
+    # The tiny student's word pieces depend on its tokenizer's training (they differ between processes);
+    # whatever they are, the first piece of the word begins the span and every later piece continues it.
+    pieces = tokenizer.tokenize("Parisian")
+    assert len(pieces) >= 2 and all(piece.startswith("##") for piece in pieces[1:])
+    expected = ["B-location"] + ["I-location"] * (len(pieces) - 1) + ["O"]
+    assert [BIO[t] for t in tags[mask][:len(pieces) + 1]] == expected
     decoded = decode_bio(tags, np.ones(len(tags)), offsets, LABELS)
     assert [(s["start"], s["end"], s["label"]) for s in decoded] == spans
     assert all(s["score"] == 1.0 for s in decoded)
@@ -450,12 +456,12 @@ def test_teacher_targets_and_evaluation_rows():
 def test_wnut17_gold_spans_survive_bio_round_trip(tmp_path):
     from pipeline.smoke import build_tiny_student
 
-    lines = (WNUT / "validation.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    labels = [item["name"] for item in json.loads((WNUT / "labels.json").read_text())]
+    records = [json.loads(line) for split in ("train", "validation", "test")
+               for line in (WNUT / f"{split}.jsonl").read_text().splitlines()]
+    labels = WNUT_LABELS
     kind = Spans(TaskConfig(name="wnut17", instruction="Find entities.", labels=[Label(n, n) for n in labels],
                             type="spans"), samples=1)
-    targets = kind.gold_targets(records, "wnut17 validation")
+    targets = kind.gold_targets(records, "wnut17 sample")
     tokenizer, _ = kind.load_student(str(build_tiny_student(tmp_path, [r["text"] for r in records])))
     kept = total = 0
     for first in range(0, len(records), 64):
@@ -469,5 +475,5 @@ def test_wnut17_gold_spans_survive_bio_round_trip(tmp_path):
             decoded = {(s["start"], s["end"], s["label"]) for s in decoded}
             kept += len(decoded & set(expected))
             total += len(expected)
-    print(f"wnut17 validation: {kept}/{total} gold entities survive BIO encoding and decoding")
-    assert total == 836 and kept / total >= 0.99
+    print(f"wnut17 sample: {kept}/{total} gold entities survive BIO encoding and decoding")
+    assert total == 656 and kept / total >= 0.99
