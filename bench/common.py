@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Optional
 
 from pipeline.config import Config
 from pipeline.corpus import InputError, check_row, open_corpus
@@ -95,3 +96,12 @@ def run_per_dataset(args, run_dataset, format_table) -> None:
     print(f"\nsettings: {settings}; {round(time.time() - started, 1)}s in all")
     if args.json:
         args.json.write_text(json.dumps({"settings": settings, "results": results}, indent=2))
+
+
+def write_figures(path: Optional[Path], args: Any, **figures: Any) -> None:
+    """With ``--json PATH``: the run's settings (its arguments), the machine's cores and ``figures`` as JSON."""
+    if path is None:
+        return
+    settings = {key: str(value) for key, value in vars(args).items() if key != "json"}
+    path.write_text(json.dumps({"settings": settings, "cores": os.cpu_count(), **figures}, indent=2))
+    print(f"figures: {path}")

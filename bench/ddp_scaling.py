@@ -93,6 +93,9 @@ def distill_config(labels_dir: Path, out: Path, workers: int, args: argparse.Nam
         "distill": {
             "output": str(out), "labels": str(labels_dir), "mode": "cls", "epochs": args.epochs,
             "batch_size": args.batch_size, "num_workers": workers, "use_gpu": args.use_gpu, "seed": 0,
+            # one core per worker, as when these figures were taken (the job's default since is one worker
+            # on all cores: bench/distill_speed.py)
+            **({} if args.use_gpu else {"threads_per_worker": 1}),
         },
     })
 

@@ -71,7 +71,7 @@ def smoke_distill_config(config: Config, root: Optional[Path] = None) -> Config:
     base = config.distill or DistillConfig(output="unused")
     distill = dataclasses.replace(
         base, labels=labels, output=str((root / config.task.name / "student").resolve()),
-        epochs=2, num_workers=2, use_gpu=False, batch_size=32, learning_rate=1e-3,
+        epochs=2, use_gpu=False, batch_size=32, learning_rate=1e-3,
     )
     return dataclasses.replace(
         config, student=StudentConfig(model=str(student_path.resolve()), max_length=64), distill=distill
@@ -148,6 +148,9 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit-rows", type=int, default=8192, help="rows per committed output file")
     parser.add_argument("--actors", type=int, default=1, help="student replicas")
     parser.add_argument("--gpu", action="store_true", help="one GPU per replica")
+    parser.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto",
+                        help="auto: ONNX Runtime when the model has an ONNX export (raydistill export-onnx) and no "
+                             "GPU is asked for, else torch")
     parser.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (credentials from the environment)")
     args = parser.parse_args(argv)
     from pipeline.config import StorageConfig
@@ -162,7 +165,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     report = run_predict(
         args.model_dir, args.input, args.output, StorageConfig(endpoint_url=args.s3_endpoint),
         id_column=args.id_column, text_column=args.text_column, batch_size=args.batch_size,
-        commit_rows=args.commit_rows, concurrency=args.actors, use_gpu=args.gpu,
+        commit_rows=args.commit_rows, concurrency=args.actors, use_gpu=args.gpu, engine=args.engine,
     )
     rows = report["rows"]
     print(f"predicted {rows['predicted']} of {rows['input']} rows ({rows['predicted_this_run']} this run, "
@@ -333,9 +336,26 @@ def import_review_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def export_onnx_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="raydistill export-onnx",
+        description="Add an ONNX export (model.onnx) to an exported student; predict then runs it with ONNX Runtime.")
+    parser.add_argument("model_dir", help="exported model folder (local or s3://)")
+    parser.add_argument("--int8", action="store_true", help="quantise the weights to int8 (dynamic quantisation)")
+    parser.add_argument("--output", default=None, help="publish the model with its export here instead (a copy)")
+    parser.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (credentials from the environment)")
+    args = parser.parse_args(argv)
+    from pipeline.config import StorageConfig
+    from pipeline.onnx_student import export_onnx
+
+    export_onnx(args.model_dir, StorageConfig(endpoint_url=args.s3_endpoint), output=args.output, int8=args.int8)
+    return 0
+
+
 COMMANDS = {"init": init_main, "smoke": smoke_main, "label": label_main, "distill": distill_main,
             "predict": predict_main, "rounds": rounds_main, "submit": submit_main, "round-step": round_step_main,
-            "export-review": export_review_main, "import-review": import_review_main}
+            "export-review": export_review_main, "import-review": import_review_main,
+            "export-onnx": export_onnx_main}
 
 
 def main(argv: list[str] | None = None) -> int:

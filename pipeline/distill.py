@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -100,6 +101,9 @@ def _run_distill(config: Config, smoke: bool, log: Callable[[str], None], held: 
     lease = storage.OutputLease(out_fs, out_root, distill.output, "distill.output", "distillation job")
     lease.acquire()
     held.append(lease)
+    if student.max_length is None:  # chosen by the data; the manifest keeps "by the data", the export the value
+        student = dataclasses.replace(student, max_length=choose_max_length(sources, student.model, log))
+        config = dataclasses.replace(config, student=student)
     log(
         f"[distill] {scan['rows']} labelled rows; mode {distill.mode}, min consistency {threshold}: "
         f"{scan['train_rows']} train rows, {scan['holdout_rows']} teacher hold-out rows"
@@ -107,9 +111,11 @@ def _run_distill(config: Config, smoke: bool, log: Callable[[str], None], held: 
 
     init_ray()
     train = _train_dataset(sources, config.task, threshold, holdout=not gold.get("validation"), seed=distill.seed)
+    scale = training_scale(distill)
+    log(f"[distill] {scale[0]} worker(s)" + ("" if distill.use_gpu else f", {scale[1]} thread(s) each"))
     train_started = time.time()
     run_id = uuid.uuid4().hex
-    result = _fit(config, train, scan["train_rows"], gold.get("validation"), out_fs, out_root, run_id)
+    result = _fit(config, train, scan["train_rows"], gold.get("validation"), out_fs, out_root, run_id, scale)
     train_seconds = time.time() - train_started
 
     best, best_metrics = _best_checkpoint(result, bool(gold.get("validation")))
@@ -142,6 +148,7 @@ def _run_distill(config: Config, smoke: bool, log: Callable[[str], None], held: 
         "task": config.task.name,
         "smoke": smoke,
         "student_model": student.model,
+        "max_length": student.max_length,
         "mode": distill.mode,
         "min_consistency": threshold,
         "rows": {
@@ -154,6 +161,7 @@ def _run_distill(config: Config, smoke: bool, log: Callable[[str], None], held: 
         "epochs": epochs_run,
         "best_epoch": best_metrics.get("epoch"),
         "history": history,
+        "workers": {"count": scale[0], "threads_per_worker": scale[1], "gpu": distill.use_gpu},
         "evaluation": {name: _headline(r) for name, r in evaluations.items()},
         "model": f"{distill.output.rstrip('/')}/model",
         "time": {
@@ -165,6 +173,41 @@ def _run_distill(config: Config, smoke: bool, log: Callable[[str], None], held: 
     }
     storage.write_json(out_fs, storage.join(out_root, "report.json"), report)
     return report
+
+
+MAX_LENGTH_SAMPLE = 10_000  # labelled texts whose token lengths choose student.max_length
+MAX_LENGTH_PERCENTILE = 99
+MAX_LENGTH_CAP = 512
+
+
+def choose_max_length(sources: list["LabelSource"], model: str, log: Callable[[str], None] = print) -> int:
+    """``student.max_length`` chosen by the data: the 99th percentile of the token lengths (special tokens
+    included) of the first ``MAX_LENGTH_SAMPLE`` labelled texts, rounded up to a multiple of 8, capped at
+    ``MAX_LENGTH_CAP`` and at the model's own limit. Read batch by batch: the driver holds the sample only."""
+    import pyarrow.parquet as pq
+    from transformers import AutoConfig, AutoTokenizer
+
+    texts: list[str] = []
+    for source in sources:
+        for file in source.files:
+            with source.fs.open_input_file(file) as f:
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=2048, columns=["text"]):
+                    texts += [t for t in batch.column(0).to_pylist() if t][:MAX_LENGTH_SAMPLE - len(texts)]
+                    if len(texts) >= MAX_LENGTH_SAMPLE:
+                        break
+            if len(texts) >= MAX_LENGTH_SAMPLE:
+                break
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    limits = [MAX_LENGTH_CAP, getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", MAX_LENGTH_CAP)]
+    if isinstance(tokenizer.model_max_length, int) and tokenizer.model_max_length < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]] or [8])
+    percentile = float(np.percentile(lengths, MAX_LENGTH_PERCENTILE))
+    chosen = int(min(min(limits), max(8, 8 * math.ceil(percentile / 8))))
+    log(f"[distill] student.max_length {chosen}: the {MAX_LENGTH_PERCENTILE}th percentile of {len(lengths)} texts' "
+        f"token lengths is {percentile:.0f} (longest {lengths.max()}; cap {min(limits)}); "
+        f"{float(np.mean(lengths > chosen)):.1%} of them are truncated")
+    return chosen
 
 
 def _check_student(model: str) -> None:
@@ -282,8 +325,8 @@ def _scan_labelled(fs: Any, files: list[str], uri: str, kind: Any, threshold: fl
 def _train_rows(batch: pa.Table, task: TaskConfig, threshold: float, holdout: bool) -> dict[str, np.ndarray]:
     """Ray Data map: the rows kept at the threshold, with the task type's targets.
 
-    Texts stay text: the train workers tokenise each batch as they take it
-    (``student.tokenizing_collate``), padded to the batch's longest text.
+    Texts stay text: the train workers cut them into batches of like lengths and tokenise each
+    (``student.length_bucketed``), padded to the batch's longest text.
     """
     keep = keep_mask(batch.column("consistency").to_numpy(), batch.column("n_valid").to_numpy(), threshold)
     if holdout:
@@ -308,7 +351,28 @@ def _train_dataset(sources: list[LabelSource], task: TaskConfig, threshold, hold
     return kept.materialize().randomize_block_order(seed=seed)
 
 
-def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root: str, run_id: str) -> Any:
+def training_scale(distill: Any) -> tuple[int, Optional[int]]:
+    """DDP workers and, on CPU, torch threads per worker, for ``distill`` on the running Ray cluster.
+
+    Unset, they follow the cluster: with ``use_gpu`` one worker per GPU (NCCL; threads left to Ray); on CPU
+    one worker, with as many threads as a node has cores shared among the workers it holds. On CPU a
+    worker's forward and backward pass use every core given to it, while each added worker adds a gloo
+    all-reduce of all the gradients per step (bench/distill_speed.py measures both on one machine).
+    """
+    import ray
+
+    if distill.use_gpu:
+        return distill.num_workers or max(1, int(ray.cluster_resources().get("GPU", 0))), distill.threads_per_worker
+    workers = distill.num_workers or 1
+    if distill.threads_per_worker:
+        return workers, distill.threads_per_worker
+    nodes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive") and node["Resources"].get("CPU")]
+    per_node = math.ceil(workers / max(1, len(nodes)))
+    return workers, max(1, int(max(nodes, default=1)) // per_node)
+
+
+def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root: str, run_id: str,
+         scale: tuple[int, Optional[int]]) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -328,6 +392,7 @@ def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root:
         "warmup_ratio": distill.warmup_ratio,
         "gradient_accumulation": distill.gradient_accumulation,
         "use_gpu": distill.use_gpu,
+        "threads_per_worker": scale[1],
         "seed": distill.seed,
         "run_id": run_id,
         "checkpoint_every_batches": distill.checkpoint_every_batches,
@@ -339,7 +404,9 @@ def _fit(config: Config, train: Any, train_rows: int, validation, fs: Any, root:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=distill.num_workers, use_gpu=distill.use_gpu),
+        # A CPU worker holds one CPU of Ray's and computes on threads_per_worker cores: the others stay free
+        # for Ray Data, which feeds it.
+        scaling_config=ScalingConfig(num_workers=scale[0], use_gpu=distill.use_gpu),
         run_config=RunConfig(
             name="train",
             storage_path=root,
@@ -418,14 +485,16 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
 def format_distill_report(report: dict[str, Any]) -> str:
     rows, time_ = report["rows"], report["time"]
     lines = [
-        f"distillation report: {report['task']}, student {report['student_model']}, mode {report['mode']}",
+        f"distillation report: {report['task']}, student {report['student_model']}, mode {report['mode']}, "
+        f"max_length {report.get('max_length')}",
         f"  rows     {rows['labelled']} labelled; kept per min consistency {rows['kept_per_threshold']}",
         f"           {rows['kept_at_threshold']} kept at {report['min_consistency']}, "
         f"{rows['train']} trained on, {rows['teacher_holdout']} held out",
         f"  epochs   {report['epochs']} (best {report['best_epoch']}): "
         + ", ".join(f"loss {h['train_loss']:.4f}" for h in report["history"]),
         f"  time     {time_['wall_seconds']}s wall, {time_['train_seconds']}s training, "
-        f"{time_['train_samples_per_second']} samples/s",
+        f"{time_['train_samples_per_second']} samples/s ({report['workers']['count']} worker(s)"
+        + ("" if report["workers"]["gpu"] else f" x {report['workers']['threads_per_worker']} threads") + ")",
     ]
     for name, scores in report["evaluation"].items():
         figures = ", ".join(f"{key.replace('_f1', '-F1').replace('_', ' ')} {value:.3f}"

@@ -163,6 +163,12 @@ class Scorer(StudentPredictor):
         return self.index[label]
 
 
+def _score_actors(config: Config) -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("GPU", 0))) if config.distill.use_gpu else 2
+
+
 def _score(config: Config, model: str, fs: Any, files: list[str], out_fs: Any, out_path: str) -> int:
     import ray.data
 
@@ -173,8 +179,9 @@ def _score(config: Config, model: str, fs: Any, files: list[str], out_fs: Any, o
                                        "model_dir": model, "storage_config": config.storage,
                                        "use_gpu": config.distill.use_gpu},
         batch_size=1024, batch_format="pyarrow",
-        # Grown up to num_workers as resources allow: a fixed pool could take every CPU from the reads.
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.distill.num_workers),
+        # Grown up to num_workers (unset: the cluster's GPUs, or 2 on CPU) as resources allow: a fixed pool
+        # could take every CPU from the reads.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.distill.num_workers or _score_actors(config)),
         num_gpus=1 if config.distill.use_gpu else 0)
     return sum(sum(b.column("rows").to_pylist()) for b in scored.iter_batches(batch_format="pyarrow",
                                                                               batch_size=None))

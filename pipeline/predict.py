@@ -26,7 +26,6 @@ import time
 from typing import Any, Callable, Optional
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import model_store, storage
@@ -35,6 +34,7 @@ from pipeline.committed import (OutputLayout, committed_files, committed_index, 
                                 shard_name, write_quarantine)
 from pipeline.config import ConfigError, DataConfig, StorageConfig
 from pipeline.corpus import open_corpus, read_corpus
+from pipeline.onnx_student import ENGINES, load_for_inference
 from pipeline.progress import Progress
 
 PREDICTIONS = pa.schema(  # a classification student's
@@ -50,7 +50,8 @@ class StudentPredictor:
     """Ray Data actor: loads the exported student once, labels batches."""
 
     def __init__(self, model_dir: str, storage_config: StorageConfig, use_gpu: bool = False,
-                 embeddings: bool = False, fingerprint: Optional[str] = None, batch_size: int = 64):
+                 embeddings: bool = False, fingerprint: Optional[str] = None, batch_size: int = 64,
+                 engine: str = "auto"):
         import torch
 
         from pipeline import tasks
@@ -64,7 +65,11 @@ class StudentPredictor:
         self.labels, self.max_length = meta["labels"], meta["max_length"]
         self.kind = tasks.for_model(meta)
         self.schema = prediction_schema(self.kind)
-        self.tokenizer, self.model = self.kind.load_student(str(local))
+        # ONNX Runtime where the folder has an ONNX export (pipeline.onnx_student) and neither a GPU nor the
+        # encoder's embeddings are asked for; torch otherwise. Either computes on the threads Ray gives this actor.
+        if use_gpu or embeddings:
+            engine = "torch" if engine == "auto" else engine
+        self.tokenizer, self.model = load_for_inference(self.kind, str(local), meta, engine, torch.get_num_threads())
         self.batch_size = batch_size  # texts per forward pass
         self.embeddings = embeddings  # also return the encoder's mean-pooled embedding (FreeAL's selection)
         if use_gpu and torch.cuda.is_available():
@@ -138,9 +143,13 @@ def run_predict(
     commit_rows: int = 8192,
     concurrency: int = 1,
     use_gpu: bool = False,
+    engine: str = "auto",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Write ``id, label, probabilities`` for every row of ``input_uri`` under ``output_uri``.
+
+    ``engine``: ``auto`` predicts through ONNX Runtime when the model has an ONNX export (CPU), with
+    torch otherwise; ``torch`` or ``onnx`` force one (:mod:`pipeline.onnx_student`).
 
     Rows without an id or a usable text, or with an id that occurs twice, go to ``quarantine/``
     with the reason. Resumes a run killed part way (see the module's docstring).
@@ -159,6 +168,12 @@ def run_predict(
         raise ConfigError(f"model: {model_dir} holds no exported model ({model_store.META} missing)")
     meta = storage.read_json(model_fs, meta_path)
     fingerprint = model_fingerprint(meta)
+    if engine not in ENGINES:
+        raise ConfigError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "onnx" and "onnx" not in meta:
+        raise ConfigError(f"engine onnx: {model_dir} has no ONNX export; make one with raydistill export-onnx")
+    if engine == "auto":  # ONNX Runtime serves on CPU; a GPU replica runs the torch model
+        engine = "onnx" if "onnx" in meta and not use_gpu else "torch"
     fs, root = storage.resolve(output_uri, storage_config)
     out = OutputLayout(fs, root)
     manifest = {"job": "predict", "model": model_dir, "model_fingerprint": fingerprint, "labels": meta["labels"],
@@ -174,7 +189,7 @@ def run_predict(
         write_quarantine(rows, duplicates, out, expected=counts["quarantined"])
         this_run = _predict(rows, duplicates, committed_ref, out, counts["todo"], log, commit_rows=commit_rows,
                             predictor={"model_dir": model_dir, "storage_config": storage_config, "use_gpu": use_gpu,
-                                       "fingerprint": fingerprint},
+                                       "fingerprint": fingerprint, "engine": engine},
                             pool={"batch_size": batch_size, "concurrency": concurrency, "use_gpu": use_gpu})
         del committed_ref
         removed, committed = remove_duplicate_ids(out)
@@ -183,6 +198,7 @@ def run_predict(
         report = {
             "job": "predict",
             "model": model_dir,
+            "engine": engine,
             "rows": {"input": counts["input"], "predicted": committed, "predicted_this_run": this_run["rows"],
                      "already_done": counts["already_done"], "quarantined": counts["quarantined"],
                      "duplicates_removed": removed},

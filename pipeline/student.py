@@ -9,12 +9,13 @@ latest one.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import tempfile
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -56,61 +57,83 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.
             "attention_mask": encoded["attention_mask"].astype(np.int64)}
 
 
-def tokenizing_collate(model: str, max_length: int, task: Any) -> Any:
-    """An ``iter_torch_batches`` collate: training rows -> model inputs and targets, by the task type
-    (``task``: its TaskConfig; :meth:`~pipeline.tasks.base.TaskType.collate`).
+BUCKET_BATCHES = 50  # batches drawn together, then cut by text length (length-bucketed batches)
+LENGTH_BUCKET_RATIO = 1.15  # texts whose lengths differ by less than this factor share a length bucket
 
-    Ray Data calls it from its prefetch threads, so tokenising overlaps the
-    training step. Each thread has its own tokenizer: a fast tokenizer sets
-    its truncation and padding on the shared Rust object and refuses
-    concurrent calls ("Already borrowed").
+
+def length_bucketed(pools: Iterable[dict[str, np.ndarray]], batch_size: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """Training batches of ``batch_size`` rows with little padding.
+
+    Each pool (``batch_size * BUCKET_BATCHES`` shuffled rows) is ordered by length bucket (lengths within a
+    factor ``LENGTH_BUCKET_RATIO``), at random within a bucket, and cut into batches, which then go in a
+    seeded random order. A batch holds texts of about one length, so padding it to its longest text adds
+    little. Buckets rather than an exact sort: where length goes with the label (a cue word longer in one
+    class than another), an exact sort would fill batches with one class. With the same pools and seed the
+    batches are the same, which a resumed epoch relies on.
     """
+    rng = np.random.default_rng(seed)
+    for pool in pools:
+        lengths = np.fromiter((len(t) for t in pool["text"]), dtype=np.float64, count=len(pool["text"]))
+        buckets = np.floor(np.log1p(lengths) / np.log(LENGTH_BUCKET_RATIO))
+        order = np.lexsort((rng.random(len(lengths)), buckets))
+        batches = [order[first:first + batch_size] for first in range(0, len(order), batch_size)]
+        for index in rng.permutation(len(batches)):
+            yield {column: values[batches[index]] for column, values in pool.items()}
+
+
+def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """``items``, produced by a background thread up to ``depth`` ahead: tokenising the next batches
+    overlaps the training step. An error in the thread is raised here."""
+    import queue
     import threading
 
-    from ray.data.collate_fn import NumpyBatchCollateFn
+    done = object()
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
 
-    from pipeline import tasks
+    def produce() -> None:
+        try:
+            for item in items:
+                buffer.put(item)
+            buffer.put(done)
+        except BaseException as err:  # handed to the consumer, raised there
+            buffer.put(err)
 
-    kind = tasks.get(task)
-
-    class TokenizingCollate(NumpyBatchCollateFn):
-        def __init__(self) -> None:
-            self._local = threading.local()
-
-        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-            tokenizer = getattr(self._local, "tokenizer", None)
-            if tokenizer is None:
-                from transformers import AutoTokenizer
-
-                tokenizer = self._local.tokenizer = AutoTokenizer.from_pretrained(model)
-            return kind.collate(tokenizer, batch, max_length)
-
-    return TokenizingCollate()
+    threading.Thread(target=produce, daemon=True, name="raydistill-collate").start()
+    while (item := buffer.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 @torch.no_grad()
-def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities (rows x classes) for ``texts``."""
-    return predict_with_embeddings(model, tokenizer, texts, max_length, batch_size, embeddings=False)[0]
+def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64,
+                  sort_by_length: bool = True) -> np.ndarray:
+    """Class probabilities (rows x classes) for ``texts`` (see :func:`predict_with_embeddings`)."""
+    return predict_with_embeddings(model, tokenizer, texts, max_length, batch_size, embeddings=False,
+                                   sort_by_length=sort_by_length)[0]
 
 
 @torch.no_grad()
 def predict_with_embeddings(
     model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64, embeddings: bool = True,
+    sort_by_length: bool = True,
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Class probabilities and, with ``embeddings``, the encoder's mean-pooled last hidden state per text.
 
     Probabilities are a softmax over the classes, or for a multi-label model (``problem_type``
-    ``multi_label_classification``) one sigmoid per label.
+    ``multi_label_classification``) one sigmoid per label. ``model``: a Hugging Face model, or an
+    :class:`~pipeline.onnx_student.OnnxStudent`. With ``sort_by_length`` the texts go through the model
+    in order of length, so that a batch padded to its longest text is padded little; the results come
+    back in the order of ``texts``.
     """
     model.eval()
-    device = next(model.parameters()).device
     multi_label = model.config.problem_type == "multi_label_classification"
+    order = length_order(texts) if sort_by_length else np.arange(len(texts))
     probabilities, pooled = [], []
     for start in range(0, len(texts), batch_size):
-        batch = tokenize(tokenizer, texts[start:start + batch_size], max_length)
-        inputs = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
-        out = model(**inputs, output_hidden_states=embeddings)
+        batch = tokenize(tokenizer, [texts[i] for i in order[start:start + batch_size]], max_length)
+        inputs = {k: torch.from_numpy(v).to(model.device) for k, v in batch.items()}
+        out = model(**inputs, output_hidden_states=embeddings) if embeddings else model(**inputs)
         logits = out.logits.float()
         probabilities.append((logits.sigmoid() if multi_label else logits.softmax(dim=-1)).cpu().numpy())
         if embeddings:
@@ -120,7 +143,14 @@ def predict_with_embeddings(
     if not probabilities:
         empty = np.zeros((0, model.config.num_labels))
         return empty, (np.zeros((0, model.config.hidden_size)) if embeddings else None)
-    return np.concatenate(probabilities), (np.concatenate(pooled) if embeddings else None)
+    restore = np.argsort(order)  # position of each text in the sorted order
+    return (np.concatenate(probabilities)[restore],
+            np.concatenate(pooled)[restore] if embeddings else None)
+
+
+def length_order(texts: Sequence[str]) -> np.ndarray:
+    """Indices of ``texts`` from the shortest to the longest (by characters, a cheap proxy for tokens)."""
+    return np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
 
 
 SHUFFLE_BUFFER_ROWS = 10_000  # rows each worker shuffles among, per epoch
@@ -135,6 +165,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     from pipeline import tasks
 
     torch.manual_seed(cfg["seed"])
+    if cfg.get("threads_per_worker"):  # CPU training: the cores this worker computes on (distill.threads_per_worker)
+        torch.set_num_threads(cfg["threads_per_worker"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     kind = tasks.get(cfg["task"])
@@ -165,11 +197,14 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     total_steps = steps_per_epoch * cfg["epochs"]
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg["warmup_ratio"] * total_steps), total_steps)
     if state:
-        optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "optimizer" in state:  # the last epoch's checkpoint has none (a run given more epochs starts AdamW anew)
+            optimizer.load_state_dict(state["optimizer"])
     use_amp = cfg["use_gpu"] and torch.cuda.is_available()
     shard = ray.train.get_dataset_shard("train")
-    collate = tokenizing_collate(cfg["student_model"], cfg["max_length"], cfg["task"])
+    # The batches are tokenised in a thread of their own (``prefetched``), with a tokenizer of their own: a
+    # fast tokenizer sets truncation and padding on its shared Rust object and refuses concurrent use.
+    collate_tokenizer = copy.deepcopy(tokenizer)
 
     every = cfg.get("checkpoint_every_batches") or 0
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -187,11 +222,15 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         # example by example. Unshuffled, SGD sees one source and label at a time (measured: the rounds
         # bench's student stopped learning, loss stuck at ln 3). The buffer is seeded per epoch: a resumed
         # epoch whose shard holds the same rows sees them in the same order, and skips what it trained.
-        for step, batch in enumerate(shard.iter_torch_batches(
-                batch_size=cfg["batch_size"], device=device, collate_fn=collate,
-                local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=cfg["seed"] + epoch)):
+        pools = shard.iter_batches(batch_size=cfg["batch_size"] * BUCKET_BATCHES, batch_format="numpy",
+                                   local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
+                                   local_shuffle_seed=cfg["seed"] + epoch)
+        collated = (kind.collate(collate_tokenizer, rows, cfg["max_length"])
+                   for rows in length_bucketed(pools, cfg["batch_size"], cfg["seed"] + epoch))
+        for step, batch in enumerate(prefetched(collated)):
             if step < skip:
                 continue
+            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 loss = kind.loss(model, batch, cfg["mode"])  # the loss itself in float32
             (loss / cfg["gradient_accumulation"]).backward()
@@ -220,7 +259,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 metrics["val_accuracy"] = evaluation["accuracy"]
             metrics["val_macro_f1"] = evaluation["macro_f1"]
         history.append({k: v for k, v in metrics.items()})
-        _report(metrics, rank, _unwrap(model), tokenizer, optimizer, scheduler, epoch, history)
+        # The optimizer's state (twice the weights, for AdamW) is kept only where training may go on from
+        # this checkpoint: after the last epoch there is nothing to resume.
+        last = epoch == cfg["epochs"] - 1
+        _report(metrics, rank, _unwrap(model), tokenizer, optimizer, scheduler, epoch, history, keep_optimizer=not last)
 
 
 def _injected_death(faults: dict[str, Any], rank: int, epoch: int, batches: int) -> None:
@@ -254,10 +296,12 @@ def _unwrap(model: Any) -> Any:
     return model.module if hasattr(model, "module") else model
 
 
-def _report(metrics, rank, model, tokenizer, optimizer, scheduler, epoch, history, within_epoch=None) -> None:
+def _report(metrics, rank, model, tokenizer, optimizer, scheduler, epoch, history, within_epoch=None,
+            keep_optimizer: bool = True) -> None:
     """Every worker reports; rank 0 attaches the checkpoint (weights are identical under DDP).
 
     ``within_epoch``: for a checkpoint inside an epoch, the batches done in it and their summed loss.
+    ``keep_optimizer`` False: a checkpoint without the optimizer's state (the last epoch's).
     """
     import ray.train
 
@@ -266,11 +310,9 @@ def _report(metrics, rank, model, tokenizer, optimizer, scheduler, epoch, histor
         if rank == 0:
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
-            torch.save(
-                {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 **(within_epoch or {})},
-                os.path.join(folder, STATE_FILE),
-            )
+            training = {"scheduler": scheduler.state_dict(),
+                        **({"optimizer": optimizer.state_dict()} if keep_optimizer else {})}
+            torch.save({"epoch": epoch, **training, **(within_epoch or {})}, os.path.join(folder, STATE_FILE))
             with open(os.path.join(folder, HISTORY_FILE), "w") as f:
                 json.dump(history, f)
             checkpoint = ray.train.Checkpoint.from_directory(folder)

@@ -128,6 +128,15 @@ def test_rgr_training_with_a_teacher_holdout_learns_exports_predicts_and_resumes
     assert 0 < held < 240 and first["rows"]["teacher_holdout"] == held
     assert first["evaluation"]["teacher_holdout"]["examples"] == held
     _check_learned(first, "rgr", tmp_path, train_rows=240 - held, sets={"teacher_holdout", "test"})
+    # The optimizer's state is kept where training may go on, not in the last epoch's checkpoint.
+    import torch
+
+    states = [torch.load(folder / "training_state.pt", weights_only=True)
+              for folder in (tmp_path / "run" / "train").glob("checkpoint_*") if folder.is_dir()]
+    last = max(states, key=lambda state: state["epoch"])
+    earlier = [state for state in states if state is not last]
+    assert last["epoch"] == 5 and "optimizer" not in last and "scheduler" in last
+    assert earlier and all("optimizer" in state for state in earlier)
 
     model_dir = tmp_path / "run" / "model"
     gold = tmp_path / "test.jsonl"
@@ -245,3 +254,83 @@ def test_a_student_that_cannot_load_fails_before_any_worker_starts(distill_confi
     with pytest.raises(ConfigError, match=f"student.model: {missing} cannot be loaded"):
         run_distill(config, log=lambda _: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_length_bucketed_batches_hold_every_row_once_with_little_padding():
+    from pipeline.student import length_bucketed
+
+    rng = np.random.default_rng(0)
+    texts = np.array(["x" * int(n) for n in rng.integers(1, 200, size=1000)], dtype=object)
+    pools = [{"text": texts[i:i + 640], "row": np.arange(i, min(i + 640, 1000))} for i in (0, 640)]
+    batches = list(length_bucketed(pools, batch_size=32, seed=3))
+    rows = np.concatenate([batch["row"] for batch in batches])
+    assert sorted(rows.tolist()) == list(range(1000))  # every row once
+    assert all(len(batch["row"]) <= 32 for batch in batches) and len(batches) == 20 + 12  # 640 and 360 rows
+    assert all(texts[batch["row"]].tolist() == batch["text"].tolist() for batch in batches)  # columns stay aligned
+
+    def padding(batch_list):  # padded positions over real ones, each batch padded to its longest text
+        lengths = [np.array([len(t) for t in batch["text"]]) for batch in batch_list]
+        return sum((l.max() - l).sum() for l in lengths) / sum(l.sum() for l in lengths)
+
+    in_order = [{"text": texts[i:i + 32]} for i in range(0, 1000, 32)]
+    assert padding(batches) < 0.15 and padding(in_order) > 0.5
+    # The same pools and seed give the same batches (a resumed epoch skips what it trained); another seed
+    # gives another order of batches.
+    again = [batch["row"].tolist() for batch in length_bucketed(pools, 32, seed=3)]
+    assert again == [batch["row"].tolist() for batch in batches]
+    assert [batch["row"].tolist() for batch in length_bucketed(pools, 32, seed=4)] != again
+    # Where the label goes with a small difference in length ("gain" vs "loss!"), batches still mix the
+    # labels: lengths within a bucket come in random order, not sorted.
+    texts = np.array([("gain " if i % 2 else "loss! ") + "x" * 40 for i in range(640)], dtype=object)
+    mixed = list(length_bucketed([{"text": texts, "label": np.arange(640) % 2}], 32, seed=0))
+    assert all(0.2 < batch["label"].mean() < 0.8 for batch in mixed)
+
+
+def test_prefetched_keeps_order_and_raises_the_producers_error():
+    from pipeline.student import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise KeyError("column 'text' missing")
+
+    items = prefetched(failing())
+    assert next(items) == 1
+    with pytest.raises(KeyError, match="column 'text' missing"):
+        next(items)
+
+
+def test_max_length_is_chosen_by_the_data(tmp_path, tiny_student):
+    from transformers import AutoTokenizer
+
+    import pyarrow.fs as pafs
+
+    from pipeline.distill import LabelSource, choose_max_length
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_student))
+    rng = random.Random(0)
+    texts = [" ".join(make_text("positive", rng) for _ in range(1 + i % 3)) for i in range(300)]
+    lengths = np.array([len(tokenizer(t)["input_ids"]) for t in texts])
+    for i, part in enumerate((texts[:120], texts[120:])):  # two files: the sample reads across them
+        pq.write_table(pa.table({"text": part}), tmp_path / f"part-{i}.parquet")
+    files = [str(tmp_path / f"part-{i}.parquet") for i in range(2)]
+    lines = []
+    chosen = choose_max_length([LabelSource("labels", pafs.LocalFileSystem(), files)], str(tiny_student), lines.append)
+    expected = 8 * -(-np.percentile(lengths, 99) // 8)
+    assert chosen == expected and chosen % 8 == 0 and chosen >= np.percentile(lengths, 99)
+    assert f"student.max_length {chosen}: the 99th percentile of 300 texts' token lengths" in lines[0]
+    # Never beyond what the model takes.
+    pq.write_table(pa.table({"text": ["word " * 5000] * 10}), tmp_path / "long.parquet")
+    limit = json.loads((tiny_student / "config.json").read_text())["max_position_embeddings"]
+    long_source = LabelSource("long", pafs.LocalFileSystem(), [str(tmp_path / "long.parquet")])
+    assert choose_max_length([long_source], str(tiny_student), lines.append) == min(512, limit)
+
+
+def test_training_scale_follows_the_cluster_unless_set(ray_cluster):
+    from pipeline.distill import training_scale
+
+    cores = 2  # the test cluster's CPUs (conftest.ray_cluster)
+    assert training_scale(DistillConfig(output="x")) == (1, cores)  # CPU: one worker on all cores
+    assert training_scale(DistillConfig(output="x", num_workers=2)) == (2, cores // 2)
+    assert training_scale(DistillConfig(output="x", num_workers=2, threads_per_worker=3)) == (2, 3)

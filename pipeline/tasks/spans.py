@@ -553,21 +553,24 @@ class Spans(TaskType):
                 batch_size: int = 64) -> dict[str, list[Any]]:
         import torch
 
+        from pipeline.student import length_order
+
         model.eval()
-        device = next(model.parameters()).device
-        rows: list[list[dict[str, Any]]] = []
+        order = length_order(texts)  # batches of like lengths, padded little; rows put back in order below
+        rows: list[list[dict[str, Any]]] = [[] for _ in texts]
         with torch.no_grad():
             for first in range(0, len(texts), batch_size):
-                encoded = encode_texts(tokenizer, texts[first:first + batch_size], max_length)
-                inputs = {key: torch.from_numpy(encoded[key].astype(np.int64)).to(device)
+                chosen = order[first:first + batch_size]
+                encoded = encode_texts(tokenizer, [texts[i] for i in chosen], max_length)
+                inputs = {key: torch.from_numpy(encoded[key].astype(np.int64)).to(model.device)
                           for key in ("input_ids", "attention_mask")}
                 probabilities = model(**inputs).logits.float().softmax(dim=-1).cpu().numpy()
                 tags = probabilities.argmax(axis=-1)
                 scores = np.take_along_axis(probabilities, tags[..., None], axis=-1)[..., 0]
                 tags = np.where(text_token_mask(encoded), tags, -100)
                 offsets = np.asarray(encoded["offset_mapping"])
-                rows += [decode_bio(tags[i], scores[i], offsets[i], self.label_names)
-                         for i in range(len(tags))]
+                for i, row in enumerate(chosen):
+                    rows[row] = decode_bio(tags[i], scores[i], offsets[i], self.label_names)
         return {"spans": rows}
 
     def prediction_fields(self) -> list[pa.Field]:
