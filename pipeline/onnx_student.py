@@ -9,7 +9,7 @@ predictions of the ONNX model never join an output started with the torch one.
 
 Prediction (:class:`pipeline.predict.StudentPredictor`) goes through ONNX Runtime when the folder has
 ``model.onnx`` (``--engine auto``, the default), on CPU; ``--engine torch`` keeps the torch model, which
-a GPU (``--use-gpu``) and the encoder's embeddings (FreeAL's selection) need.
+a GPU (``--gpu``) and the encoder's embeddings (FreeAL's selection) need.
 """
 
 from __future__ import annotations
@@ -72,16 +72,27 @@ class OnnxStudent:
         return types.SimpleNamespace(logits=torch.from_numpy(logits))
 
 
-def load_for_inference(kind: Any, folder: str, meta: dict[str, Any], engine: str = "auto",
-                       threads: Optional[int] = None) -> tuple[Any, Any]:
-    """Tokenizer and model of the local model ``folder`` for prediction: ONNX Runtime's when ``engine``
-    is ``onnx``, or ``auto`` and the folder has an ONNX export; the torch model otherwise."""
+def resolve_engine(engine: str, meta: dict[str, Any], use_gpu: bool = False, embeddings: bool = False) -> str:
+    """``torch`` or ``onnx``: what predicts with the exported model of ``meta``. ``auto`` is ONNX Runtime
+    when the model has an ONNX export and neither a GPU nor the encoder's embeddings are asked for (ONNX
+    Runtime serves logits, on CPU); asking for ``onnx`` where it cannot serve is an error."""
     if engine not in ENGINES:
         raise ConfigError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
-    has_onnx = "onnx" in meta and (Path(folder) / ONNX_FILE).exists()
-    if engine == "onnx" and not has_onnx:
+    if engine == "onnx" and "onnx" not in meta:
         raise ConfigError(f"engine onnx: the model has no {ONNX_FILE}; make one with raydistill export-onnx")
-    if engine == "torch" or not has_onnx:
+    if engine == "onnx" and (use_gpu or embeddings):
+        raise ConfigError("engine onnx: ONNX Runtime serves logits on CPU here; a GPU or the encoder's embeddings "
+                          "need --engine torch (or auto)")
+    if engine == "auto":
+        return "onnx" if "onnx" in meta and not use_gpu and not embeddings else "torch"
+    return engine
+
+
+def load_for_inference(kind: Any, folder: str, meta: dict[str, Any], engine: str = "auto",
+                       threads: Optional[int] = None) -> tuple[Any, Any]:
+    """Tokenizer and model of the local model ``folder`` for prediction on CPU, by :func:`resolve_engine`:
+    ONNX Runtime's, or the torch model."""
+    if resolve_engine(engine, meta) == "torch":
         return kind.load_student(folder)
     from transformers import AutoTokenizer
 

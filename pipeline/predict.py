@@ -34,7 +34,7 @@ from pipeline.committed import (OutputLayout, committed_files, committed_index, 
                                 shard_name, write_quarantine)
 from pipeline.config import ConfigError, DataConfig, StorageConfig
 from pipeline.corpus import open_corpus, read_corpus
-from pipeline.onnx_student import ENGINES, load_for_inference
+from pipeline.onnx_student import load_for_inference, resolve_engine
 from pipeline.progress import Progress
 
 PREDICTIONS = pa.schema(  # a classification student's
@@ -67,8 +67,7 @@ class StudentPredictor:
         self.schema = prediction_schema(self.kind)
         # ONNX Runtime where the folder has an ONNX export (pipeline.onnx_student) and neither a GPU nor the
         # encoder's embeddings are asked for; torch otherwise. Either computes on the threads Ray gives this actor.
-        if use_gpu or embeddings:
-            engine = "torch" if engine == "auto" else engine
+        engine = resolve_engine(engine, meta, use_gpu, embeddings)
         self.tokenizer, self.model = load_for_inference(self.kind, str(local), meta, engine, torch.get_num_threads())
         self.batch_size = batch_size  # texts per forward pass
         self.embeddings = embeddings  # also return the encoder's mean-pooled embedding (FreeAL's selection)
@@ -168,12 +167,7 @@ def run_predict(
         raise ConfigError(f"model: {model_dir} holds no exported model ({model_store.META} missing)")
     meta = storage.read_json(model_fs, meta_path)
     fingerprint = model_fingerprint(meta)
-    if engine not in ENGINES:
-        raise ConfigError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "onnx" and "onnx" not in meta:
-        raise ConfigError(f"engine onnx: {model_dir} has no ONNX export; make one with raydistill export-onnx")
-    if engine == "auto":  # ONNX Runtime serves on CPU; a GPU replica runs the torch model
-        engine = "onnx" if "onnx" in meta and not use_gpu else "torch"
+    engine = resolve_engine(engine, meta, use_gpu)  # checked here, before any replica starts
     fs, root = storage.resolve(output_uri, storage_config)
     out = OutputLayout(fs, root)
     manifest = {"job": "predict", "model": model_dir, "model_fingerprint": fingerprint, "labels": meta["labels"],

@@ -73,7 +73,7 @@ def length_bucketed(pools: Iterable[dict[str, np.ndarray]], batch_size: int, see
     """
     rng = np.random.default_rng(seed)
     for pool in pools:
-        lengths = np.fromiter((len(t) for t in pool["text"]), dtype=np.float64, count=len(pool["text"]))
+        lengths = text_lengths(pool["text"])
         buckets = np.floor(np.log1p(lengths) / np.log(LENGTH_BUCKET_RATIO))
         order = np.lexsort((rng.random(len(lengths)), buckets))
         batches = [order[first:first + batch_size] for first in range(0, len(order), batch_size)]
@@ -133,7 +133,7 @@ def predict_with_embeddings(
     for start in range(0, len(texts), batch_size):
         batch = tokenize(tokenizer, [texts[i] for i in order[start:start + batch_size]], max_length)
         inputs = {k: torch.from_numpy(v).to(model.device) for k, v in batch.items()}
-        out = model(**inputs, output_hidden_states=embeddings) if embeddings else model(**inputs)
+        out = model(**inputs, output_hidden_states=embeddings)
         logits = out.logits.float()
         probabilities.append((logits.sigmoid() if multi_label else logits.softmax(dim=-1)).cpu().numpy())
         if embeddings:
@@ -148,9 +148,14 @@ def predict_with_embeddings(
             np.concatenate(pooled)[restore] if embeddings else None)
 
 
+def text_lengths(texts: Sequence[str]) -> np.ndarray:
+    """Each text's length in characters: a cheap proxy for its tokens, to batch texts of like lengths."""
+    return np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+
+
 def length_order(texts: Sequence[str]) -> np.ndarray:
-    """Indices of ``texts`` from the shortest to the longest (by characters, a cheap proxy for tokens)."""
-    return np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
+    """Indices of ``texts`` from the shortest to the longest (:func:`text_lengths`)."""
+    return np.argsort(text_lengths(texts), kind="stable")
 
 
 SHUFFLE_BUFFER_ROWS = 10_000  # rows each worker shuffles among, per epoch

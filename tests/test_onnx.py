@@ -15,7 +15,7 @@ from pipeline import model_store, tasks
 from pipeline.cli import main
 from pipeline.config import StorageConfig, load_config, to_dict
 from pipeline.errors import ConfigError
-from pipeline.onnx_student import ONNX_FILE, OnnxStudent, load_for_inference
+from pipeline.onnx_student import ONNX_FILE, OnnxStudent, load_for_inference, resolve_engine
 from pipeline.predict import model_fingerprint
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -142,6 +142,12 @@ def test_engine_onnx_without_an_export_is_refused(tmp_path, base_student):
     with pytest.raises(ConfigError, match="engine: must be one of auto, torch, onnx, got 'tensorrt'"):
         load_for_inference(kind, str(folder), meta, "tensorrt")
     assert not isinstance(load_for_inference(kind, str(folder), meta, "auto")[1], OnnxStudent)
+    # With an export: a GPU or the encoder's embeddings keep torch under auto, and cannot have onnx.
+    exported = {**meta, "onnx": {"file": ONNX_FILE}}
+    assert resolve_engine("auto", exported) == "onnx"
+    assert resolve_engine("auto", exported, use_gpu=True) == resolve_engine("auto", exported, embeddings=True) == "torch"
+    with pytest.raises(ConfigError, match="engine onnx: ONNX Runtime serves logits on CPU here"):
+        resolve_engine("onnx", exported, use_gpu=True)
 
 
 def test_onnx_student_refuses_embeddings(tmp_path, base_student):
