@@ -10,6 +10,7 @@ latest one.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import os
@@ -230,11 +231,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         pools = shard.iter_batches(batch_size=cfg["batch_size"] * BUCKET_BATCHES, batch_format="numpy",
                                    local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
                                    local_shuffle_seed=cfg["seed"] + epoch)
-        collated = (kind.collate(collate_tokenizer, rows, cfg["max_length"])
-                   for rows in length_bucketed(pools, cfg["batch_size"], cfg["seed"] + epoch))
-        for step, batch in enumerate(prefetched(collated)):
-            if step < skip:
-                continue
+        # Batches trained before a checkpoint inside this epoch are passed over before they are tokenised.
+        rows_left = itertools.islice(length_bucketed(pools, cfg["batch_size"], cfg["seed"] + epoch), skip, None)
+        collated = (kind.collate(collate_tokenizer, rows, cfg["max_length"]) for rows in rows_left)
+        for step, batch in enumerate(prefetched(collated), start=skip):
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 loss = kind.loss(model, batch, cfg["mode"])  # the loss itself in float32
