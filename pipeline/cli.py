@@ -139,7 +139,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="raydistill predict", description="Label a corpus with an exported student (Ray Data)."
     )
-    parser.add_argument("model_dir", help="exported model folder (local or s3://)")
+    parser.add_argument("model_dir", help="exported model folder (local or s3://); with --registry, a version "
+                                          "(v0003) or production")
     parser.add_argument("input", help="corpus: local path or s3:// URI, parquet/jsonl/csv, file or prefix")
     parser.add_argument("output", help="output folder: local path or s3:// URI")
     parser.add_argument("--id-column", default="id")
@@ -151,19 +152,28 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto",
                         help="auto: ONNX Runtime when the model has an ONNX export (raydistill export-onnx) and no "
                              "GPU is asked for, else torch")
+    parser.add_argument("--registry", default=None, metavar="ROOT",
+                        help="a retraining root (retrain.root) whose model registry names the model")
     parser.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (credentials from the environment)")
     args = parser.parse_args(argv)
     from pipeline.config import StorageConfig
     from pipeline.predict import run_predict
+    from pipeline.registry import resolve_model
 
-    for name in ("model_dir", "input", "output"):
+    for name in ("model_dir", "input", "output", "registry"):
         value = getattr(args, name)
+        if name == "model_dir" and args.registry or value is None:
+            continue
         if in_uploaded_working_dir() and not value.startswith("s3://") and not os.path.isabs(value):
             raise ConfigError(f"{name}: the relative path {value!r} would resolve inside this job's temporary "
                               "working directory; use an absolute path or s3://")
 
+    storage_config = StorageConfig(endpoint_url=args.s3_endpoint)
+    model_dir, version = resolve_model(args.model_dir, args.registry, storage_config)
+    if version:
+        print(f"[predict] {args.model_dir} is {version}: {model_dir}", flush=True)
     report = run_predict(
-        args.model_dir, args.input, args.output, StorageConfig(endpoint_url=args.s3_endpoint),
+        model_dir, args.input, args.output, storage_config,
         id_column=args.id_column, text_column=args.text_column, batch_size=args.batch_size,
         commit_rows=args.commit_rows, concurrency=args.actors, use_gpu=args.gpu, engine=args.engine,
     )
@@ -352,10 +362,69 @@ def export_onnx_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def retrain_main(argv: list[str] | None = None) -> int:
+    from pipeline.retrain import format_retrain_report, run_retrain
+
+    parser = _config_parser("retrain", "One periodic retraining run: label the new partitions of retrain.input, "
+                                       "train a candidate student, promote it if it beats production.")
+    parser.add_argument("--period", default=None, help="only this partition (a sub-folder name of retrain.input); "
+                                                       "default: every partition not done yet")
+    args = parser.parse_args(argv)
+    config = _load(args)
+    record = run_retrain(config, period=args.period)
+    print(format_retrain_report(record))
+    if record["status"] != "nothing to do":
+        print(f"record: {config.retrain.root.rstrip('/')}/runs/{record['run']}/run.json")
+    return 0
+
+
+def models_main(argv: list[str] | None = None) -> int:
+    from pipeline.registry import Registry, format_versions
+
+    parser = argparse.ArgumentParser(prog="raydistill models",
+                                     description="The model registry of a retraining root: list, show, promote, "
+                                                 "roll back.")
+    parser.add_argument("action", choices=["list", "show", "promote", "rollback"])
+    parser.add_argument("registry", help="the retraining root (retrain.root, local or s3://), or a config naming it")
+    parser.add_argument("version", nargs="?", default=None,
+                        help="show: a version or production (default); promote: the version; rollback: the "
+                             "version to go back to (default: the one production replaced)")
+    parser.add_argument("--reason", default=None, help="recorded with a promote or rollback")
+    parser.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (credentials from the environment)")
+    args = parser.parse_args(argv)
+    from pipeline.config import StorageConfig
+
+    root, storage_config = args.registry, StorageConfig(endpoint_url=args.s3_endpoint)
+    if root.endswith((".yaml", ".yml")):
+        config = load_config(root)
+        if config.retrain is None:
+            raise ConfigError(f"{root}: has no retrain section naming the registry's root")
+        root, storage_config = config.retrain.root, config.storage
+    registry = Registry.open(root, storage_config)
+    if args.action == "list":
+        print(format_versions(registry))
+    elif args.action == "show":
+        import json
+
+        version, _ = registry.resolve(args.version or "production")
+        info = registry.info(version)
+        info.pop("config", None)
+        print(json.dumps({**info, "production": registry.production() == version}, indent=2))
+    elif args.action == "promote":
+        if not args.version:
+            raise ConfigError("models promote: name the version to promote")
+        pointer = registry.promote(args.version, reason=args.reason or "promoted by hand")
+        print(f"production is now {pointer['version']} (it replaced {(pointer['previous'] or ['nothing'])[-1]})")
+    else:
+        pointer = registry.rollback(args.version, reason=args.reason or "rolled back by hand")
+        print(f"production rolled back to {pointer['version']}")
+    return 0
+
+
 COMMANDS = {"init": init_main, "smoke": smoke_main, "label": label_main, "distill": distill_main,
             "predict": predict_main, "rounds": rounds_main, "submit": submit_main, "round-step": round_step_main,
             "export-review": export_review_main, "import-review": import_review_main,
-            "export-onnx": export_onnx_main}
+            "export-onnx": export_onnx_main, "retrain": retrain_main, "models": models_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,13 +83,15 @@ def failed_files(out: OutputLayout) -> list[str]:
     return storage.list_files(out.fs, out.failed, (".parquet",))
 
 
-def committed_index(out: OutputLayout) -> tuple[Optional[Any], dict[str, Any]]:
+def committed_index(out: OutputLayout, also: tuple[OutputLayout, ...] = ()) -> tuple[Optional[Any], dict[str, Any]]:
     """An :class:`~pipeline.idindex.IdIndex` of the ids done (its ``ObjectRef``, or None) and a summary:
-    the committed ids and those in failed/, which a rerun does not send to the teacher again.
+    the committed ids and those in failed/, which a rerun does not send to the teacher again, and the
+    ids committed in the outputs ``also`` (on the same filesystem: ``data.skip_labelled``).
 
     The files are read in parallel by Ray tasks, ``id`` column only.
     """
-    return idindex.build_from_files(out.fs, committed_files(out) + failed_files(out))
+    others = [file for other in also for file in committed_files(other)]
+    return idindex.build_from_files(out.fs, committed_files(out) + failed_files(out) + others)
 
 
 def _scan_block(batch: pa.Table, committed_ref: Optional[Any]) -> pa.Table:

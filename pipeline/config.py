@@ -122,6 +122,10 @@ class DataConfig:
     # Parquet only: a column holding each row's own demos, a JSON list of {"text", "label"}; they
     # replace task.demos for that row (FreeAL relabelling, demos picked per text).
     demos_column: Optional[str] = None
+    # Other labelling outputs (local or s3://): rows whose id is committed in any of them are skipped,
+    # as ids already done in this output are. The retraining labels each new partition with the
+    # partitions before it listed here, so a text is labelled once however often it reappears.
+    skip_labelled: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +229,21 @@ class RoundsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetrainConfig:
+    """Periodic retraining (``raydistill retrain``, :mod:`pipeline.retrain`)."""
+
+    root: str  # local path or s3:// URI: models/ (the registry), labels/<partition>/, runs/<run>/, state.json
+    input: str  # a prefix whose sub-folders are the partitions (periods), e.g. s3://bucket/corpus/ with dt=.../
+    window: Optional[int] = None  # train on the labels of the newest N partitions; unset: all of them
+    gate_set: str = "test"  # the gold set (distill.validation or distill.test) candidate and production are compared on
+    metric: str = "macro_f1"  # a headline metric of that set's evaluation (macro_f1, accuracy, micro_f1, ...)
+    min_improvement: float = 0.0  # the candidate must beat production by more than this on the metric
+    guard: str = "class_recall"  # class_recall: no class's recall may drop by more than max_guard_drop; none
+    max_guard_drop: float = 0.05
+    agreement_rows: int = 20_000  # new texts the student-teacher agreement is measured on (the first ones)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     task: TaskConfig
     teacher: TeacherConfig
@@ -233,11 +252,12 @@ class Config:
     student: Optional[StudentConfig] = None
     distill: Optional[DistillConfig] = None
     rounds: Optional[RoundsConfig] = None
+    retrain: Optional[RetrainConfig] = None
 
 
 # Keys that hold a local path or an s3:// URI (a list: each of its items). The model keys hold a path
 # only where such a local folder exists; otherwise they name a Hugging Face hub model.
-PATH_KEYS = ("data.input", "data.output", "distill.output", "distill.labels", "distill.extra_labels",
+PATH_KEYS = ("data.input", "data.output", "data.skip_labelled", "retrain.root", "retrain.input", "distill.output", "distill.labels", "distill.extra_labels",
              "distill.validation", "distill.test", "rounds.output", "rounds.working_dir", "rounds.freeal_gold")
 MODEL_KEYS = ("teacher.model", "student.model")
 
@@ -457,6 +477,29 @@ def _check(config: Config) -> None:
         _positive(config.student.max_length, "student.max_length")
     if config.rounds is not None:
         _check_rounds(config)
+    if config.retrain is not None:
+        _check_retrain(config)
+
+
+RETRAIN_GUARDS = ("class_recall", "none")
+
+
+def _check_retrain(config: Config) -> None:
+    retrain = config.retrain
+    if config.distill is None or config.student is None:
+        raise ConfigError("retrain: needs the distill and student sections (each run trains a candidate student)")
+    if retrain.gate_set not in ("validation", "test"):
+        raise ConfigError(f"retrain.gate_set: must be validation or test, got {retrain.gate_set!r}")
+    if not getattr(config.distill, retrain.gate_set):
+        raise ConfigError(f"distill.{retrain.gate_set}: retraining compares candidate and production on this gold "
+                          f"set (retrain.gate_set); set it, or choose the other set")
+    if retrain.guard not in RETRAIN_GUARDS:
+        raise ConfigError(f"retrain.guard: must be one of {', '.join(RETRAIN_GUARDS)}, got {retrain.guard!r}")
+    if not 0 <= retrain.max_guard_drop <= 1:
+        raise ConfigError(f"retrain.max_guard_drop: must be in [0, 1], got {retrain.max_guard_drop}")
+    if retrain.window is not None:
+        _positive(retrain.window, "retrain.window")
+    _positive(retrain.agreement_rows, "retrain.agreement_rows")
 
 
 def _check_rounds(config: Config) -> None:

@@ -60,11 +60,14 @@ def _label_into(out: OutputLayout, corpus: Any, config: Config, started: float, 
                 log: Callable[[str], None]) -> dict[str, Any]:
     init_ray()
     rows = read_corpus(corpus, config.task.label_names)
-    committed_ref, _ = committed_index(out)
+    skip = tuple(OutputLayout(*storage.resolve(uri, config.storage)) for uri in config.data.skip_labelled)
+    committed_ref, _ = committed_index(out, skip)
     counts, duplicates = scan(rows, committed_ref)
     log(
         f"[label] {counts['input']} rows: {counts['valid']} to label, {counts['quarantined']} quarantined, "
-        f"{counts['already_done']} already committed, {counts['todo']} left"
+        f"{counts['already_done']} already committed"
+        + (f" (here or in the {len(skip)} output(s) of data.skip_labelled)" if skip else "")
+        + f", {counts['todo']} left"
     )
 
     write_quarantine(rows, duplicates, out, expected=counts["quarantined"])

@@ -47,6 +47,7 @@ def _labelled_files_summary(fs: Any, files: list[str], task: TaskConfig) -> dict
             "truncated_rows": pc.sum(table.column("truncated")).as_py() or 0,
             "prompt_tokens": pc.sum(table.column("prompt_tokens")).as_py() or 0,
             "completion_tokens": pc.sum(table.column("completion_tokens")).as_py() or 0,
+            "consistency_sum": pc.sum(table.column("consistency")).as_py() or 0.0,
         })
         summary["labels"].update(kind.label_counts(table))
         summary["answers"].update(kind.answer_counts(table))
@@ -78,6 +79,7 @@ def summarize_labelled(out: Any, task: TaskConfig) -> dict[str, Any]:
         **{key: int(totals.get(key, 0)) for key in keys},
         "label_distribution": dict(labels),
         "consistency_histogram": {b: histogram.get(b, 0) for b in order},
+        "mean_consistency": round(totals.get("consistency_sum", 0.0) / totals["rows"], 4) if totals.get("rows") else None,
         "answers_left_out": dict(answers),
     }
 
@@ -133,6 +135,7 @@ def labeling_report(
         **({"task_type": config.task.type} if config.task.type != "classification" else {}),
         **({"answers_left_out": total["answers_left_out"]} if total["answers_left_out"] else {}),
         "consistency_histogram": total["consistency_histogram"],
+        "mean_consistency": total["mean_consistency"],
         "tokens": {
             "prompt_this_run": run["prompt_tokens"],
             "completion_this_run": run["completion_tokens"],

@@ -36,12 +36,12 @@ from pipeline.entrypoints import entrypoint
 from pipeline.jobs_api import PROJECT_ROOT, address_of, job_client, job_env
 
 # raydistill command -> its entry point in ray_jobs/
-JOBS = {"label": "label.py", "distill": "distill.py", "rounds": "rounds.py"}
+JOBS = {"label": "label.py", "distill": "distill.py", "rounds": "rounds.py", "retrain": "retrain.py"}
 SMOKE_ROOT_ENV = "RAYDISTILL_SMOKE_ROOT"
 CONFIG_NAME = "raydistill-submitted.yaml"
 
 
-def submit_main(argv: list[str] | None = None) -> int:
+def submit_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raydistill submit",
         description="Run a job on a Ray cluster through its Jobs API, with this config's paths, this "
@@ -51,11 +51,20 @@ def submit_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override one config value (YAML); repeatable")
     parser.add_argument("--smoke", action="store_true", help="the job's smoke mode (tiny random models)")
+    parser.add_argument("--period", default=None, help="retrain: only this partition (default: every new one)")
     parser.add_argument("--address", default=None,
                         help="the Jobs API (default $RAY_ADDRESS, else http://127.0.0.1:8265)")
     parser.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def submit_main(argv: list[str] | None = None) -> int:
+    args = submit_parser().parse_args(argv)
+
+    if args.period and args.job != "retrain":
+        raise ConfigError("--period: only the retrain job takes a period")
+    if args.smoke and args.job == "retrain":
+        raise ConfigError("--smoke: the retrain job has no smoke mode (tests/test_retrain.py runs it on tiny models)")
     config = with_absolute_paths(load_config(args.config, args.set), Path.cwd())
     smoke_root = str((Path.cwd() / "runs" / "smoke").resolve())
     client = job_client(args.address)
@@ -63,7 +72,8 @@ def submit_main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="raydistill-submit-") as staging:
         working_dir = stage(Path(staging), config)
         client.submit_job(
-            entrypoint=entrypoint(JOBS[args.job], [CONFIG_NAME, *(["--smoke"] if args.smoke else [])]),
+            entrypoint=entrypoint(JOBS[args.job], [CONFIG_NAME, *(["--smoke"] if args.smoke else []),
+                                                   *(["--period", args.period] if args.period else [])]),
             submission_id=submission_id,
             runtime_env={"working_dir": str(working_dir),
                          "env_vars": job_env(config.storage.endpoint_url, {SMOKE_ROOT_ENV: smoke_root})},

@@ -4,7 +4,7 @@ from pipeline.cli import main
 def test_unknown_command_prints_usage(capsys):
     assert main(["train"]) == 2
     assert ("usage: raydistill {init,smoke,label,distill,predict,rounds,submit,round-step,export-review,"
-            "import-review,export-onnx}") in capsys.readouterr().err
+            "import-review,export-onnx,retrain,models}") in capsys.readouterr().err
 
 
 def test_config_errors_are_reported_not_raised(tmp_path, capsys):

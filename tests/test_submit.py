@@ -98,3 +98,24 @@ def test_the_readme_submit_line_labels_into_the_folder_the_config_names(ray_head
     assert sorted(table.column("id").to_pylist()) == wanted
     report = json.loads((labels / "report.json").read_text())
     assert report["rows"]["input"] == 48 and report["smoke"] is True
+
+
+def test_a_scheduled_retrain_submitted_with_nothing_new_succeeds_and_says_so(ray_head, tmp_path):
+    """The scheduling examples' command (`raydistill submit retrain CONFIG`) through the real Jobs API: a tick
+    that finds no new partition is a job that succeeds, writes nothing and says why."""
+    import yaml
+
+    (tmp_path / "corpus").mkdir()
+    raw = {"task": task_dict(), "teacher": {"model": "unused-teacher"},
+           "data": {"input": "unused", "output": "unused"}, "student": {"model": "unused-student"},
+           "distill": {"output": "unused", "test": "gold/test.jsonl"},
+           "retrain": {"root": "retrain", "input": "corpus"}}
+    (tmp_path / "retrain.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "RAY_ADDRESS": ray_head}
+    result = subprocess.run([str(VENV_BIN / "raydistill"), "submit", "retrain", "retrain.yaml"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert "submitted retrain job raydistill-retrain-" in out and "SUCCEEDED" in out
+    assert "no new partition under the input (0 partition(s)" in out and "retrain: nothing to do" in out
+    assert not (tmp_path / "retrain").exists()

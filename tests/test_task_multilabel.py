@@ -483,3 +483,13 @@ def test_gold_targets_errors(kind, record, message):
     with pytest.raises(GoldSetError) as error:
         kind.gold_targets([{"id": "ok", "text": "t", "labels": []}, record], "gold.jsonl")
     assert str(error.value).startswith(message)
+
+
+def test_agreement_is_the_same_label_set_and_recalls_are_per_label(kind):
+    """The retraining's drift report and guard: a row agrees when the label sets are equal (order aside);
+    abstained references (None) are left out."""
+    targets = [["sports", "politics"], ["sports"], None, []]
+    predictions = {"labels": [["politics", "sports"], ["sports", "arts and culture"], ["sports"], None]}
+    assert kind.agreement(targets, predictions).tolist() == [True, False, True]
+    report = kind.evaluate(targets, predictions)
+    assert kind.class_recalls(report) == {name: scores["recall"] for name, scores in report["per_label"].items()}

@@ -477,3 +477,16 @@ def test_wnut17_gold_spans_survive_bio_round_trip(tmp_path):
             total += len(expected)
     print(f"wnut17 sample: {kept}/{total} gold entities survive BIO encoding and decoding")
     assert total == 656 and kept / total >= 0.99
+
+
+def test_agreement_is_the_same_span_set_and_recalls_are_per_type():
+    """The retraining's drift report and guard: a row agrees when its spans are the reference's exactly
+    (order aside); abstained references (None) are left out."""
+    kind = Spans(task(), samples=3)
+    ann = {"start": 0, "end": 3, "label": "person"}
+    paris = {"start": 10, "end": 15, "label": "location"}
+    targets = [[ann, paris], [ann], None, []]
+    predictions = {"spans": [[paris, ann], [{**ann, "end": 4}], [], []]}
+    assert kind.agreement(targets, predictions).tolist() == [True, False, True]
+    report = kind.evaluate(targets, predictions)
+    assert kind.class_recalls(report) == {"person": 0.5, "location": 1.0, "creative-work": 0.0}

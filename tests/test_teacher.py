@@ -8,7 +8,7 @@ from pipeline.config import ABSTAIN, ConfigError, Demo, config_from_dict
 from pipeline.prompts import build_messages
 from pipeline.committed import shard_name
 from pipeline.teacher import PromptRenderer, _Gate, label_rows, plan_run, renderer_with_demos
-from tests.conftest import LABELS, task_dict
+from tests.conftest import task_dict
 
 
 @pytest.fixture

@@ -152,6 +152,17 @@ class TaskType(abc.ABC):
         """One row per gold example (``row``: 1-based, ``text``, the reference, the prediction), for
         error analysis."""
 
+    @abc.abstractmethod
+    def agreement(self, targets: list[Any], predictions: dict[str, list[Any]]) -> np.ndarray:
+        """Per row whose reference is not None (an abstention): whether the prediction is the reference
+        exactly (the student's agreement with the teacher, in the retraining's drift report)."""
+
+    def class_recalls(self, report: dict[str, Any]) -> dict[str, float]:
+        """Recall per class (label, entity type) of an :meth:`evaluate` report: the retraining's guard."""
+        return {name: float(scores["recall"]) for name, scores in report[self.per_class_key].items()}
+
+    per_class_key = "per_class"  # where :meth:`evaluate` puts the per-class scores
+
     def plots(self, report: dict[str, Any]) -> dict[str, bytes]:
         """PNG plots of an evaluation report, by file suffix (``confusion`` -> ``<set>_confusion.png``)."""
         return {}

@@ -157,6 +157,9 @@ class Classification(TaskType):
         report["headline"] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
         return report
 
+    def agreement(self, targets: list[Any], predictions: dict[str, list[Any]]) -> np.ndarray:
+        return np.array([p == t for t, p in zip(targets, predictions["label"]) if t is not None], dtype=bool)
+
     def evaluation_rows(self, texts: list[str], targets: list[Any], predictions: dict[str, list[Any]]) -> pa.Table:
         from pipeline.evaluate import predictions_table
 

@@ -347,6 +347,12 @@ class Multilabel(TaskType):
         report["headline"] = {key: report[key] for key in ("micro_f1", "macro_f1", "subset_accuracy")}
         return report
 
+    per_class_key = "per_label"
+
+    def agreement(self, targets: list[Any], predictions: dict[str, list[Any]]) -> np.ndarray:
+        return np.array([set(p or []) == set(t) for t, p in zip(targets, predictions["labels"]) if t is not None],
+                        dtype=bool)
+
     def evaluation_rows(self, texts: list[str], targets: list[Any],
                         predictions: dict[str, list[Any]]) -> pa.Table:
         """``row``, ``text``, ``labels`` (reference), ``predicted``, ``missed`` (in the reference, not

@@ -584,6 +584,12 @@ class Spans(TaskType):
         pairs = [(t, p) for t, p in zip(targets, predictions["spans"]) if t is not None]
         return span_report([_triples(t) for t, _ in pairs], [_triples(p) for _, p in pairs], self.label_names)
 
+    per_class_key = "per_type"
+
+    def agreement(self, targets: list[Any], predictions: dict[str, list[Any]]) -> np.ndarray:
+        return np.array([set(_triples(t)) == set(_triples(p)) for t, p in zip(targets, predictions["spans"])
+                         if t is not None], dtype=bool)
+
     def evaluation_rows(self, texts: list[str], targets: list[Any],
                         predictions: dict[str, list[Any]]) -> pa.Table:
         def spans_json(text: str, spans: Optional[list[dict[str, Any]]]) -> Optional[str]:
