@@ -187,6 +187,7 @@ def _run(config: Config, layout: Layout, partitions: list[str], todo: list[str],
                                                     "failed_total")},
             "tokens_this_run": report["tokens"]["prompt_this_run"] + report["tokens"]["completion_this_run"],
             "labelling_seconds": report["time"]["labelling_seconds"],
+            "rows_per_second": report["time"]["rows_per_second"],
             "label_distribution": report["label_distribution"],
         }
     new_rows = sum(labelling[p]["labelled_total"] for p in todo)
@@ -353,7 +354,8 @@ def format_retrain_report(record: dict[str, Any]) -> str:
     for partition, rows in record["labelling"].items():
         lines.append(f"  {partition}: {rows['labelled_total']} rows labelled ({rows['labelled_this_run']} this run, "
                      f"{rows['skipped_already_committed']} skipped as done before, {rows['quarantined']} quarantined, "
-                     f"{rows['abstained']} abstained), {rows['tokens_this_run']} tokens in {rows['labelling_seconds']}s; "
+                     f"{rows['abstained']} abstained), {rows['tokens_this_run']} tokens in {rows['labelling_seconds']}s "
+                     f"({rows['rows_per_second']} rows/s); "
                      f"labels {rows['label_distribution']}")
     if record["status"] != "done":
         return "\n".join(lines)

@@ -213,15 +213,17 @@ def _check_learned(report: dict, mode: str, tmp_path: Path, train_rows: int, set
     assert (tmp_path / "run" / "report.json").exists()
 
 
-def test_unknown_label_in_data_is_an_error(distill_config, tmp_path):
+def test_unknown_label_in_data_is_an_error(distill_config, tmp_path, ray_cluster):
     rows = labelled_rows(10)
     rows[3]["hard_label"] = "bullish"
     write_labelled(tmp_path / "labels", rows)
-    with pytest.raises(LabelDataError, match="row id 'r3' .* has hard_label 'bullish', not one of"):
+    with pytest.raises(LabelDataError, match="row id 'r3' .* has hard_label 'bullish', not one of") as caught:
         run_distill(distill_config(), log=lambda _: None)
+    assert type(caught.value) is LabelDataError  # raised in a Ray task, reaching the caller as itself
+    assert str(caught.value).startswith("distill.labels: row id 'r3' in ")
 
 
-def test_soft_label_of_wrong_length_is_an_error(distill_config, tmp_path):
+def test_soft_label_of_wrong_length_is_an_error(distill_config, tmp_path, ray_cluster):
     rows = labelled_rows(10)
     rows[5]["soft_label"] = [0.5, 0.5]
     write_labelled(tmp_path / "labels", rows)
@@ -229,7 +231,7 @@ def test_soft_label_of_wrong_length_is_an_error(distill_config, tmp_path):
         run_distill(distill_config(), log=lambda _: None)
 
 
-def test_empty_training_set_after_filter_names_threshold_and_counts(distill_config, tmp_path):
+def test_empty_training_set_after_filter_names_threshold_and_counts(distill_config, tmp_path, ray_cluster):
     write_labelled(tmp_path / "labels", labelled_rows(20, unanimous_share=0.0))
     with pytest.raises(LabelDataError, match=r"no training rows left: 20 labelled rows, 0 with consistency >= 1.0"):
         run_distill(distill_config(mode="cls"), log=lambda _: None)
@@ -334,3 +336,94 @@ def test_training_scale_follows_the_cluster_unless_set(ray_cluster):
     assert training_scale(DistillConfig(output="x")) == (1, cores)  # CPU: one worker on all cores
     assert training_scale(DistillConfig(output="x", num_workers=2)) == (2, cores // 2)
     assert training_scale(DistillConfig(output="x", num_workers=2, threads_per_worker=3)) == (2, 3)
+
+
+def _scan_rows(n: int) -> list[dict]:
+    """Labelled rows with every kind of vote: unanimous, 6 of 8, 4 of 8, all abstained."""
+    rows = labelled_rows(n, seed=5)
+    for i, row in enumerate(rows):
+        if i % 7 == 3:
+            row["consistency"], row["n_valid"] = 0.5, 8
+        elif i % 11 == 5:
+            row["consistency"], row["n_valid"], row["hard_label"], row["soft_label"] = 0.0, 0, None, None
+    return rows
+
+
+def test_scan_over_files_in_ray_tasks_counts_as_one_pass_over_all_rows(tmp_path, make_config, ray_cluster,
+                                                                      monkeypatch):
+    """The scan runs in Ray tasks, a group of files each; the driver adds up their counts, which are
+    those of one pass over every row (two sources, seven files), and keeps the lowest held-out hashes."""
+    import pyarrow.fs as pafs
+
+    from pipeline import distill, tasks
+    from pipeline.selection import keep_mask, kept_at_thresholds
+
+    rows = _scan_rows(3000)
+    sources = []
+    for name, part in (("labels", rows[:2100]), ("extra", rows[2100:])):
+        folder = tmp_path / name / "data"
+        folder.mkdir(parents=True)
+        for i in range(0, len(part), 500):
+            pq.write_table(pa.Table.from_pylist(part[i:i + 500], schema=LABELLED), folder / f"part-{i}.parquet")
+        sources.append(distill.LabelSource(name, pafs.LocalFileSystem(), sorted(str(f) for f in folder.iterdir())))
+    assert sum(len(s.files) for s in sources) == 7
+    kind = tasks.for_config(make_config(str(tmp_path / "corpus.jsonl"), str(tmp_path / "labels")))
+    consistency = np.array([r["consistency"] for r in rows])
+    n_valid = np.array([r["n_valid"] for r in rows])
+    held = holdout_mask([r["id"] for r in rows])
+    keep = keep_mask(consistency, n_valid, 0.75)
+    evaluable = held & (n_valid > 0)
+    monkeypatch.setattr(distill, "HOLDOUT_EVAL_MAX", 40)
+    scan = distill._scan_labelled(sources, kind, 0.75, holdout=True)
+    assert scan == {
+        "rows": 3000, "kept_per_threshold": kept_at_thresholds(consistency, n_valid),
+        "kept_at_threshold": int(keep.sum()), "train_rows": int((keep & ~held).sum()),
+        "holdout_rows": int(evaluable.sum()),
+        # the 40th lowest id hash of the held-out rows with a valid vote
+        "holdout_cutoff": int(np.sort(distill.id_hashes([r["id"] for r in rows])[evaluable])[39]),
+    }
+    assert 40 < scan["holdout_rows"] < 3000 and 0 < scan["train_rows"] < scan["kept_at_threshold"] < 3000
+    # Without a hold-out (a gold validation set), every kept row trains; all held-out rows fit: no cutoff.
+    without = distill._scan_labelled(sources, kind, 0.75, holdout=False)
+    assert without["train_rows"] == without["kept_at_threshold"] == int(keep.sum()) and without["holdout_rows"] == 0
+    monkeypatch.setattr(distill, "HOLDOUT_EVAL_MAX", 20_000)
+    assert distill._scan_labelled(sources, kind, 0.75, holdout=True)["holdout_cutoff"] is None
+    # A bad file among them: the task's error reaches the driver as itself, naming the file.
+    bad = rows[:10]
+    bad[4] = {**bad[4], "soft_label": [0.5, 0.5]}
+    bad_file = str(tmp_path / "extra" / "data" / "part-bad.parquet")
+    pq.write_table(pa.Table.from_pylist(bad, schema=LABELLED), bad_file)
+    sources[1] = dataclasses.replace(sources[1], files=[*sources[1].files, bad_file])
+    with pytest.raises(LabelDataError, match=r"row id 'r4' in .*part-bad.parquet has a soft_label of length 2") as err:
+        distill._scan_labelled(sources, kind, 0.75, holdout=True)
+    assert type(err.value) is LabelDataError
+
+
+@pytest.mark.slow
+def test_teacher_holdout_evaluation_is_capped_and_training_streams_above_the_threshold(distill_config, ray_cluster,
+                                                                                       tmp_path, monkeypatch):
+    """With the cap at 5 rows, the student is evaluated on the 5 held-out rows whose id hash is lowest,
+    predicted by replicas in Ray Data; the report gives both counts. With the materialising threshold at
+    0 rows, the train rows stream from the files into Ray Train (one epoch)."""
+    from pipeline import distill
+
+    monkeypatch.setattr(distill, "HOLDOUT_EVAL_MAX", 5)
+    monkeypatch.setattr(distill, "TRAIN_MATERIALIZE_MAX_ROWS", 0)
+    rows = labelled_rows(240)
+    report = run_distill(distill_config(mode="rgr", num_workers=1, validation=None, epochs=1), log=lambda _: None)
+    ids = [r["id"] for r in rows]
+    held = holdout_mask(ids)
+    assert report["rows"]["teacher_holdout"] == int(held.sum()) > 5
+    assert report["rows"]["teacher_holdout_evaluated"] == 5 and report["evaluation"]["teacher_holdout"]["examples"] == 5
+    assert report["rows"]["train"] == 240 - int(held.sum()) and len(report["history"]) == 1
+    evaluation = json.loads((tmp_path / "run" / "evaluation" / "teacher_holdout.json").read_text())
+    assert evaluation["holdout"] == {"rows": int(held.sum()), "evaluated": 5, "max_evaluated": 5,
+                                     "sample": "the held-out rows whose id hash is lowest"}
+    hashes = distill.id_hashes(ids)
+    lowest = sorted((int(h), i) for i, h in enumerate(hashes) if held[i])[:5]
+    evaluated = pq.read_table(tmp_path / "run" / "evaluation" / "teacher_holdout_predictions.parquet")
+    assert evaluated.column("text").to_pylist() == [rows[i]["text"] for _, i in lowest]
+    assert evaluated.column("label").to_pylist() == [rows[i]["hard_label"] for _, i in lowest]
+    assert not (tmp_path / "run" / distill.EVAL_MODEL).exists()  # the replicas' copy of the model is gone
+    assert json.loads((tmp_path / "run" / "model" / "raydistill.json").read_text())["evaluation"]["teacher_holdout"][
+        "examples"] == 5

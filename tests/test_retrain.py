@@ -12,7 +12,7 @@ from pipeline import storage
 from pipeline.cli import main
 from pipeline.config import DistillConfig, RetrainConfig, StudentConfig
 from pipeline.registry import Registry
-from pipeline.retrain import run_retrain
+from pipeline.retrain import format_retrain_report, run_retrain
 from pipeline.smoke import build_tiny_student
 from tests.conftest import LABELS
 
@@ -80,6 +80,9 @@ def test_two_periods_label_new_ids_only_register_gate_drift_and_predict_by_versi
     assert second["trained_on"] == ["dt=2026-11-02"]  # window 1
     assert second["version"] == "v0002" and not second["promoted"] and second["production"] == "v0001"
     assert "not more than 1.0" in second["gate"]["reasons"][0]
+    printed = format_retrain_report(second)
+    assert "dt=2026-11-02: 16 rows labelled (16 this run, 8 skipped as done before" in printed
+    assert "not promoted: macro_f1" in printed and "production now v0001" in printed
     distilled = storage.read_json(fs, f"{s3_bucket}/retrain/runs/dt=2026-11-02/distill/report.json")
     assert distilled["rows"]["labelled"] == 16  # the window's partition alone
     assert registry.info("v0002")["train_rows"] == distilled["rows"]["train"] > 0

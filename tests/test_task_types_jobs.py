@@ -162,6 +162,21 @@ def test_label_distill_and_predict(kind_name, tmp_path, tiny_teacher, student, r
     meta = json.loads((tmp_path / "run" / "model" / "raydistill.json").read_text())
     assert meta["task_type"] == kind_name
 
+    # Without a gold validation set the student is compared with the teacher on held-out rows, predicted
+    # by student replicas in Ray Data: the same evaluation, run here on this type's exported model.
+    import shutil
+
+    from pipeline import distill as distill_job
+
+    sources = distill_job._label_sources(config, distill.labels)
+    scan = distill_job._scan_labelled(sources, kind, 0.0, holdout=True)
+    model_copy = Path(shutil.copytree(tmp_path / "run" / "model", tmp_path / "model-copy"))
+    holdout = distill_job._evaluate_all(config, model_copy, meta, {}, scan, sources, *storage.resolve(
+        str(tmp_path / "holdout-run"), config.storage), log=lambda _: None)["teacher_holdout"]
+    assert holdout["examples"] == holdout["holdout"]["evaluated"] == scan["holdout_rows"] > 0
+    assert 0.0 <= holdout["macro_f1"] <= 1.0
+    assert (tmp_path / "holdout-run" / "evaluation" / "teacher_holdout_predictions.parquet").exists()
+
     # Prediction: the same job, the type's columns.
     predicted = run_predict(str(tmp_path / "run" / "model"), str(tmp_path / "test.jsonl"), str(tmp_path / "pred"),
                             log=lambda _: None)
