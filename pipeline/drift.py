@@ -74,10 +74,10 @@ class AgreementCounter:
     """Ray Data actor: the student's predictions on labelled rows, compared with the teacher's; returns
     ``rows`` (with a teacher label) and ``agree`` per batch."""
 
-    def __init__(self, model_uri: str, storage_config: StorageConfig, batch_size: int = 64):
+    def __init__(self, model_uri: str, storage_config: StorageConfig, use_gpu: bool = False, batch_size: int = 64):
         from pipeline.predict import StudentPredictor
 
-        self.predictor = StudentPredictor(model_uri, storage_config, batch_size=batch_size)
+        self.predictor = StudentPredictor(model_uri, storage_config, use_gpu=use_gpu, batch_size=batch_size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         p = self.predictor
@@ -92,9 +92,9 @@ def _answered(batch: pa.Table) -> pa.Table:
 
 
 def student_agreement(model_uri: str, label_uris: list[str], kind: Any, storage_config: StorageConfig,
-                      max_rows: int) -> dict[str, Any]:
+                      max_rows: int, use_gpu: bool = False) -> dict[str, Any]:
     """Agreement of the student at ``model_uri`` with the teacher on the first ``max_rows`` answered rows
-    of the labelled outputs ``label_uris``."""
+    of the labelled outputs ``label_uris``; one student replica (on a GPU with ``use_gpu``)."""
     import ray.data
     from ray.data import ActorPoolStrategy
 
@@ -110,8 +110,10 @@ def student_agreement(model_uri: str, label_uris: list[str], kind: Any, storage_
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     counts = (ds.map_batches(_answered, batch_format="pyarrow").limit(max_rows)
               .map_batches(AgreementCounter, fn_constructor_kwargs={"model_uri": model_uri,
-                                                                    "storage_config": storage_config},
-                           batch_size=1024, batch_format="pyarrow", compute=ActorPoolStrategy(size=1)))
+                                                                    "storage_config": storage_config,
+                                                                    "use_gpu": use_gpu},
+                           batch_size=1024, batch_format="pyarrow", compute=ActorPoolStrategy(size=1),
+                           num_gpus=1 if use_gpu else 0))
     rows = agree = 0
     for batch in counts.iter_batches(batch_format="pyarrow", batch_size=None):
         rows += pc.sum(batch.column("rows")).as_py() or 0

@@ -223,11 +223,12 @@ def _run(config: Config, layout: Layout, partitions: list[str], todo: list[str],
     log("[retrain] " + ("promote: " if decision["promote"] else "keep production: ") + "; ".join(decision["reasons"]))
 
     agreement_sources = [layout.labels_uri(p) for p in todo if layout.has_rows(p)]
+    use_gpu = config.distill.use_gpu
     agreement = {"candidate": drift.student_agreement(f"{layout.run_uri(run)}/distill/model", agreement_sources,
-                                                      kind, config.storage, retrain.agreement_rows)}
+                                                      kind, config.storage, retrain.agreement_rows, use_gpu)}
     if decision["production_metrics"]:
         agreement["production"] = drift.student_agreement(registry.model_uri(production_version), agreement_sources,
-                                                          kind, config.storage, retrain.agreement_rows)
+                                                          kind, config.storage, retrain.agreement_rows, use_gpu)
     summaries = {p: drift.partition_summary(p, layout.labels_uri(p), config.storage)
                  for p in partitions if p <= run and layout.labelled(p)}
     drift_report = drift.drift_report(config.task.label_names, [summaries[p] for p in todo],
