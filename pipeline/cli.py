@@ -18,6 +18,7 @@ from pipeline.evaluate import GoldSetError
 from pipeline.review import ReviewError
 from pipeline.rounds import StepFailed
 from pipeline.schemas import SchemaError
+from pipeline.storage import LeaseHeld
 from pipeline.submit import in_uploaded_working_dir, refuse_relative_paths, smoke_root
 
 def smoke_config(config: Config, root: Optional[Path] = None) -> Config:
@@ -438,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, InputError, SchemaError, LabelDataError, GoldSetError, ReviewError, StepFailed) as err:
+    except (ConfigError, InputError, SchemaError, LabelDataError, GoldSetError, ReviewError, StepFailed,
+            LeaseHeld) as err:  # LeaseHeld: a scheduled tick that finds the last one still running says so
         print(f"error: {err}", file=sys.stderr)
         return 1
 

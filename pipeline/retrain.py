@@ -152,7 +152,7 @@ def _todo(state: dict[str, Any], partitions: list[str], period: Optional[str], l
     todo = [p for p in wanted if p not in done]
     for p in wanted:
         if p in done:
-            run = next((r for r in state["runs"] if r["run"] == done[p]), {})
+            run = next((r for r in reversed(state["runs"]) if r["run"] == done[p]), {})
             if period:
                 log(f"[retrain] partition {p} was done by run {done[p]} (version {run.get('version') or 'none'}, "
                     f"{'promoted' if run.get('promoted') else 'not promoted'}); nothing to do")

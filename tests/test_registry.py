@@ -186,3 +186,20 @@ def test_classification_agreement_leaves_abstentions_out():
     assert kind().agreement(["positive", "neutral", None, "neutral"], predictions).tolist() == [True, False, True]
     assert kind().class_recalls(report(0.5, {"negative": 0.25, "neutral": 1.0, "positive": 0.5})) == {
         "negative": 0.25, "neutral": 1.0, "positive": 0.5}
+
+
+def test_a_tick_while_the_last_run_still_holds_the_root_says_so(tmp_path, capsys):
+    """Two runs never work on one root: the second is refused with a one-line error naming the holder."""
+    from pipeline.cli import main
+
+    (tmp_path / "corpus" / "dt=2026-11-01").mkdir(parents=True)
+    (tmp_path / "corpus" / "dt=2026-11-01" / "part.jsonl").write_text('{"id": "a", "text": "t"}\n')
+    raw = {"task": task_dict(), "teacher": {"model": "m"}, "data": {"input": "i", "output": "o"},
+           "student": {"model": "s"}, "distill": {"output": "d", "test": "t.jsonl"},
+           "retrain": {"root": str(tmp_path / "root"), "input": str(tmp_path / "corpus")}}
+    (tmp_path / "retrain.yaml").write_text(yaml.safe_dump(raw))
+    held = storage.OutputLease(pafs.LocalFileSystem(), str(tmp_path / "root"), "elsewhere", "retrain.root",
+                               "retraining job")
+    with held:
+        assert main(["retrain", str(tmp_path / "retrain.yaml")]) == 1
+    assert "is in use by a running retraining job" in capsys.readouterr().err and not (tmp_path / "root" / "state.json").exists()
