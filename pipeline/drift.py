@@ -30,10 +30,8 @@ SHARE_FLOOR = 1e-4
 PSI_ALERT = 0.2
 
 
-def partition_summary(name: str, labels_uri: str, storage_config: StorageConfig) -> dict[str, Any]:
-    """The teacher's figures for one partition, from its labelling report."""
-    fs, root = storage.resolve(labels_uri, storage_config)
-    report = storage.read_json(fs, storage.join(root, "report.json"))
+def partition_summary(name: str, report: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's figures for one partition, from its labelling report (``report.json``)."""
     rows = report["rows"]["labelled_total"]
     histogram = report.get("consistency_histogram", {})
     return {

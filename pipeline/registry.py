@@ -40,8 +40,9 @@ def version_name(number: int) -> str:
     return f"v{number:04d}"
 
 
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def iso_time(seconds: Optional[float] = None) -> str:
+    """UTC ISO-8601 time of ``seconds`` since the epoch (default: now), as the registry and runs record it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,7 @@ class Registry:
                                 "immutable (is another retraining job writing to this root?)")
         # A folder without version.json is a registration that crashed before its end: published again.
         model_store.publish(pafs.LocalFileSystem(), str(model_dir), self.fs, storage.join(self.path, name, "model"))
-        storage.write_json(self.fs, info_path, {"version": name, "created_at": now(), "model": self.model_uri(name),
+        storage.write_json(self.fs, info_path, {"version": name, "created_at": iso_time(), "model": self.model_uri(name),
                                                 **info})
         return name
 
@@ -138,9 +139,9 @@ class Registry:
 
     def _write(self, version: str, previous: list[str], log: list[dict[str, Any]], action: str,
                reason: str) -> dict[str, Any]:
-        pointer = {"version": version, "model": self.model_uri(version), "since": now(), "reason": reason,
+        pointer = {"version": version, "model": self.model_uri(version), "since": iso_time(), "reason": reason,
                    "previous": previous,
-                   "log": log + [{"at": now(), "action": action, "version": version, "reason": reason}]}
+                   "log": log + [{"at": iso_time(), "action": action, "version": version, "reason": reason}]}
         storage.write_json(self.fs, storage.join(self.path, f"{PRODUCTION}.json"), pointer)
         return pointer
 

@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 
 from pipeline import drift, model_store, prompts, storage, tasks
 from pipeline.config import Config, ConfigError, RetrainConfig, to_dict
-from pipeline.registry import Registry
+from pipeline.registry import Registry, iso_time
 
 STATE = "state.json"
 
@@ -117,11 +117,10 @@ class Layout:
         return storage.read_json(self.fs, self.state) if storage.exists(self.fs, self.state) else \
             {"partitions": {}, "runs": []}
 
-    def labelled(self, partition: str) -> bool:
-        return storage.exists(self.fs, storage.join(self.root, "labels", partition, "report.json"))
-
-    def has_rows(self, partition: str) -> bool:
-        return bool(storage.list_files(self.fs, storage.join(self.root, "labels", partition, "data"), (".parquet",)))
+    def label_report(self, partition: str) -> Optional[dict[str, Any]]:
+        """The labelling report of a partition; None until its labelling has ended once."""
+        path = storage.join(self.root, "labels", partition, "report.json")
+        return storage.read_json(self.fs, path) if storage.exists(self.fs, path) else None
 
 
 def run_retrain(config: Config, *, period: Optional[str] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -173,14 +172,17 @@ def _run(config: Config, layout: Layout, partitions: list[str], todo: list[str],
     log(f"[retrain] run {run}: {len(todo)} new partition(s): {', '.join(todo)}")
     init_ray()
 
+    # Each partition's labelling report, read once: whether it is labelled, its rows (none: nothing to
+    # train on), the drift report's figures and the registry's record of the label data.
+    label_reports = {p: report for p in partitions if p <= run and (report := layout.label_report(p)) is not None}
     labelling = {}
     for partition in todo:
-        before = [p for p in partitions if p < partition and layout.labelled(p)]
+        before = [p for p in label_reports if p < partition]
         label_config = dataclasses.replace(config, data=dataclasses.replace(
             config.data, input=f"{retrain.input.rstrip('/')}/{partition}", output=layout.labels_uri(partition),
             skip_labelled=[layout.labels_uri(p) for p in before]))
         log(f"[retrain] labelling {partition} (ids labelled in {len(before)} earlier partition(s) skipped)")
-        report = run_labeling(label_config, log=log)
+        report = label_reports[partition] = run_labeling(label_config, log=log)
         labelling[partition] = {
             **{key: report["rows"][key] for key in ("input", "labelled_total", "labelled_this_run",
                                                     "skipped_already_committed", "quarantined", "abstained",
@@ -192,11 +194,12 @@ def _run(config: Config, layout: Layout, partitions: list[str], todo: list[str],
         }
     new_rows = sum(labelling[p]["labelled_total"] for p in todo)
 
-    trained = [p for p in partitions if p <= run and layout.labelled(p) and layout.has_rows(p)]
+    with_rows = [p for p in sorted(label_reports) if label_reports[p]["rows"]["labelled_total"]]
+    trained = list(with_rows)
     if retrain.window:
         trained = trained[-retrain.window:]
     record: dict[str, Any] = {"job": "retrain", "run": run, "partitions": todo, "labelling": labelling,
-                              "trained_on": trained, "started_at": _iso(started)}
+                              "trained_on": trained, "started_at": iso_time(started)}
     registry = Registry.open(retrain.root, config.storage)
     if new_rows == 0 or not trained:
         log(f"[retrain] no new labelled rows in {', '.join(todo)}: no candidate trained")
@@ -204,39 +207,38 @@ def _run(config: Config, layout: Layout, partitions: list[str], todo: list[str],
         return _finish(layout, record, todo, started, log)
 
     candidate, distill_report = _train_candidate(config, layout, run, trained, log)
-    registered = registry.version_of_run(run)
+    registered = registry.version_of_run(run)  # by this run, before a crash that came before state.json
     if registered:  # this run registered (and maybe promoted) its candidate before a crash: decided then
         decision = registry.info(registered)["gate"]
         production_version = decision["production_version"]
     else:
         production_version = registry.production()
         production_labels = registry.info(production_version)["labels"] if production_version else None
-        reports = None
+        production_reports = None
         if production_labels is not None and production_labels != config.task.label_names:
             log(f"[retrain] production {production_version} predicts other labels than the config's: not compared")
         else:
-            reports = _evaluate_production(config, registry, production_version, layout, run, log)
-        decision = gate(candidate, reports.get(retrain.gate_set) if reports else None, kind, retrain,
+            production_reports = _evaluate_production(config, registry, production_version, layout, run, log)
+        decision = gate(candidate, (production_reports or {}).get(retrain.gate_set), kind, retrain,
                         production_labels)
         decision["production_version"] = production_version
-        decision["production_metrics"] = {name: r["headline"] for name, r in (reports or {}).items()}
+        decision["production_metrics"] = {name: r["headline"] for name, r in (production_reports or {}).items()}
     log("[retrain] " + ("promote: " if decision["promote"] else "keep production: ") + "; ".join(decision["reasons"]))
 
-    agreement_sources = [layout.labels_uri(p) for p in todo if layout.has_rows(p)]
+    agreement_sources = [layout.labels_uri(p) for p in todo if p in with_rows]
     use_gpu = config.distill.use_gpu
     agreement = {"candidate": drift.student_agreement(f"{layout.run_uri(run)}/distill/model", agreement_sources,
                                                       kind, config.storage, retrain.agreement_rows, use_gpu)}
     if decision["production_metrics"]:
         agreement["production"] = drift.student_agreement(registry.model_uri(production_version), agreement_sources,
                                                           kind, config.storage, retrain.agreement_rows, use_gpu)
-    summaries = {p: drift.partition_summary(p, layout.labels_uri(p), config.storage)
-                 for p in partitions if p <= run and layout.labelled(p)}
+    summaries = {p: drift.partition_summary(p, report) for p, report in sorted(label_reports.items())}
     drift_report = drift.drift_report(config.task.label_names, [summaries[p] for p in todo],
                                       [s for p, s in summaries.items() if p not in todo], agreement)
     storage.write_json(layout.fs, storage.join(layout.run_path(run), "drift.json"), drift_report)
     storage.write_bytes_atomic(layout.fs, storage.join(layout.run_path(run), "drift.png"), drift.drift_png(drift_report))
 
-    version = _register(config, registry, layout, run, trained, distill_report, decision)
+    version = registered or _register(config, registry, layout, run, trained, label_reports, distill_report, decision)
     if decision["promote"] and registry.production() != version:
         registry.promote(version, reason=f"run {run}: " + "; ".join(decision["reasons"]))
     log(f"[retrain] registered {version}" + (" and promoted it to production" if decision["promote"]
@@ -297,15 +299,12 @@ def _evaluate_production(config: Config, registry: Registry, version: Optional[s
 
 
 def _register(config: Config, registry: Registry, layout: Layout, run: str, trained: list[str],
-              distill_report: dict[str, Any], decision: dict[str, Any]) -> str:
-    """The candidate as the registry's next version, with what it is and what it saw."""
-    label_data = []
-    for partition in trained:
-        fs, root = storage.resolve(layout.labels_uri(partition), config.storage)
-        report = storage.read_json(fs, storage.join(root, "report.json"))
-        label_data.append({"partition": partition, "uri": layout.labels_uri(partition),
-                           "rows": report["rows"]["labelled_total"], "teacher_model": report.get("teacher_model"),
-                           "prompt_hash": report.get("prompt_hash")})
+              reports: dict[str, dict[str, Any]], distill_report: dict[str, Any], decision: dict[str, Any]) -> str:
+    """The candidate as the registry's next version, with what it is and what it saw (the partitions'
+    labelling ``reports``)."""
+    label_data = [{"partition": p, "uri": layout.labels_uri(p), "rows": reports[p]["rows"]["labelled_total"],
+                   "teacher_model": reports[p].get("teacher_model"), "prompt_hash": reports[p].get("prompt_hash")}
+                  for p in trained]
     info = {
         "run": run,
         "task": config.task.name,
@@ -321,9 +320,6 @@ def _register(config: Config, registry: Registry, layout: Layout, run: str, trai
         "distill_report": f"{layout.run_uri(run)}/distill/report.json",
         "config": to_dict(config),
     }
-    done = registry.version_of_run(run)
-    if done:  # registered by this run before a crash that came before state.json: not a second time
-        return done
     with tempfile.TemporaryDirectory(prefix="raydistill-register-") as tmp:
         local = model_store.fetch(f"{layout.run_uri(run)}/distill/model", config.storage, tmp)
         return registry.register(Path(local), info)
@@ -339,13 +335,9 @@ def _finish(layout: Layout, record: dict[str, Any], todo: list[str], started: fl
         state["partitions"][partition] = record["run"]
     state["runs"].append({"run": record["run"], "partitions": todo, "status": record["status"],
                           "version": record.get("version"), "promoted": record.get("promoted", False),
-                          "finished_at": _iso(time.time())})
+                          "finished_at": iso_time()})
     storage.write_json(layout.fs, layout.state, state)
     return record
-
-
-def _iso(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def format_retrain_report(record: dict[str, Any]) -> str:
